@@ -1,0 +1,10 @@
+# The two commands of the README. Each one sets up what it needs on a fresh machine.
+.PHONY: app test
+
+app:  ## start the web app on http://127.0.0.1:7860 (offline tiny preset unless weights are given)
+	bash scripts/setup.sh
+	.venv/bin/python app.py $(ARGS)
+
+test:  ## run the whole test suite (CPU, offline; installs Chromium for the browser test)
+	bash scripts/setup.sh --browser
+	.venv/bin/python -m pytest $(ARGS)

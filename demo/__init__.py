@@ -1,0 +1,1 @@
+"""ImageBind-LLM: multimodal chat with LLaMA through ImageBind's joint embedding space."""

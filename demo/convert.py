@@ -1,0 +1,473 @@
+"""Convert the released files into one ready-to-load folder.
+
+Inputs (reference sections 5 and 6):
+  * the base LLaMA, in Meta's format (params.json + consolidated.*.pth, tokenizer.model beside it
+    or one folder up, as Meta distributes it) or in Hugging Face format (config.json + weights);
+  * optionally the Open-Chinese-LLaMA delta (Meta format), added element-wise;
+  * the adapter `7B.pth` ({'model': {...}}).
+
+Output folder:
+  llm/                  Hugging Face LlamaForCausalLM (sharded safetensors) with the adapter's
+                        biases, norms and LoRA folded in, plus the tokenizer
+  adapter.safetensors   bind network, prefix_query, gates, and the v LoRA factors the injection
+                        needs (see injection.py)
+  imagebind_llm.json    what the folder holds and where the ImageBind weights are
+
+Every tensor of `7B.pth` must be consumed; a missing or unexpected key stops the conversion with
+the keys named. Sizes are read from the tensors (and the head count from the config), so the same
+code converts the 7B release and the tiny test checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .bind_network import rename_official_bind_key
+from .errors import WeightsError
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "imagebind_llm.json"
+ADAPTER_NAME = "adapter.safetensors"
+LLM_DIR = "llm"
+
+# ---------------------------------------------------------------------------------------------
+# Key tables
+# ---------------------------------------------------------------------------------------------
+
+# Hugging Face name -> (Meta name, rotary permutation: "q"/"k"/None, Meta shard concat dim or None).
+# Meta shards split column-parallel weights on dim 0 and row-parallel ones on dim 1 (13B and up).
+LLAMA_KEYS: dict[str, tuple[str, str | None, int | None]] = {
+    "model.embed_tokens.weight": ("tok_embeddings.weight", None, 1),
+    "model.norm.weight": ("norm.weight", None, None),
+    "lm_head.weight": ("output.weight", None, 0),
+    "model.layers.{i}.self_attn.q_proj.weight": ("layers.{i}.attention.wq.weight", "q", 0),
+    "model.layers.{i}.self_attn.k_proj.weight": ("layers.{i}.attention.wk.weight", "k", 0),
+    "model.layers.{i}.self_attn.v_proj.weight": ("layers.{i}.attention.wv.weight", None, 0),
+    "model.layers.{i}.self_attn.o_proj.weight": ("layers.{i}.attention.wo.weight", None, 1),
+    "model.layers.{i}.mlp.gate_proj.weight": ("layers.{i}.feed_forward.w1.weight", None, 0),
+    "model.layers.{i}.mlp.up_proj.weight": ("layers.{i}.feed_forward.w3.weight", None, 0),
+    "model.layers.{i}.mlp.down_proj.weight": ("layers.{i}.feed_forward.w2.weight", None, 1),
+    "model.layers.{i}.input_layernorm.weight": ("layers.{i}.attention_norm.weight", None, None),
+    "model.layers.{i}.post_attention_layernorm.weight": ("layers.{i}.ffn_norm.weight", None, None),
+}
+# Meta keys that carry no weights the HF model needs (LLaMA-1 stores its rotary table).
+META_IGNORED = {"rope.freqs"}
+
+# Per-layer projection (HF name under model.layers.{i}.) -> (adapter bias key or None,
+# adapter LoRA stem, rotary permutation of the output rows). Adapter keys are under
+# `llama.layers.{i}.`; LoRA is y += l2(l1(x)) with scale 1 (reference section 4).
+ADAPTER_PROJECTIONS: dict[str, tuple[str | None, str, str | None]] = {
+    "self_attn.q_proj": ("attention.wq.bias", "attention.lora_wq", "q"),
+    "self_attn.k_proj": (None, "attention.lora_wk", "k"),
+    "self_attn.v_proj": (None, "attention.lora_wv", None),
+    "self_attn.o_proj": ("attention.wo.bias", "attention.lora_wo", None),
+    "mlp.gate_proj": ("feed_forward.w1.bias", "feed_forward.lora_w1", None),
+    "mlp.up_proj": ("feed_forward.w3.bias", "feed_forward.lora_w3", None),
+    "mlp.down_proj": ("feed_forward.w2.bias", "feed_forward.lora_w2", None),
+}
+# HF norm (under model.layers.{i}.) -> adapter key (under llama.layers.{i}.): fine-tuned values
+# that REPLACE the base ones.
+ADAPTER_NORMS = {"input_layernorm": "attention_norm.weight", "post_attention_layernorm": "ffn_norm.weight"}
+ADAPTER_GATE = "attention.gate"
+ADAPTER_GLOBAL = {"prefix_query.weight", "llama.norm.weight"}
+
+
+def _expand(template: str, n_layers: int) -> list[str]:
+    return [template.format(i=i) for i in range(n_layers)] if "{i}" in template else [template]
+
+
+def rotary_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta rotates interleaved pairs, HF rotates halves: reorder output rows per head.
+
+    Applies to anything whose output lands in q or k space (weights, q bias, LoRA B).
+    (out, ...) -> (heads, head_dim/2, 2, ...) -> swap the middle axes -> (out, ...).
+    """
+    out = w.shape[0]
+    rest = w.shape[1:]
+    return w.reshape(n_heads, out // n_heads // 2, 2, *rest).transpose(1, 2).reshape(out, *rest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    """Safe, lazy load: no arbitrary unpickling, tensors memory-mapped (a 13 GB file costs no RAM)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot read {path}: {exc}. The file may be incomplete (an interrupted download): "
+            "check its size against weights/download.py and download it again."
+        ) from exc
+
+
+@dataclass
+class LlamaShape:
+    dim: int
+    n_layers: int
+    n_heads: int
+    vocab_size: int
+    intermediate: int
+    norm_eps: float
+
+
+class BaseCheckpoint:
+    """A base LLaMA read tensor by tensor, always answered in Hugging Face names and layout."""
+
+    shape: LlamaShape
+    source: str
+
+    def get(self, hf_key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def hf_keys(self) -> list[str]:
+        keys: list[str] = []
+        for template in LLAMA_KEYS:
+            keys += _expand(template, self.shape.n_layers)
+        return keys
+
+
+class MetaCheckpoint(BaseCheckpoint):
+    def __init__(self, folder: Path):
+        params_path = folder / "params.json"
+        shards = sorted(folder.glob("consolidated.*.pth"))
+        if not params_path.exists() or not shards:
+            raise WeightsError(f"{folder} is not a Meta-format LLaMA folder (needs params.json and consolidated.*.pth)")
+        self.params = json.loads(params_path.read_text())
+        self.shards = [_torch_load(p) for p in shards]
+        self.source = str(folder)
+        first = self.shards[0]
+        known = {meta for meta, _, _ in LLAMA_KEYS.values()}
+        n_layers = self.params["n_layers"]
+        expected = {k for template in known for k in _expand(template, n_layers)}
+        present = set(first)
+        unexpected = sorted(present - expected - META_IGNORED)
+        missing = sorted(expected - present)
+        if missing or unexpected:
+            raise WeightsError(f"{folder}: not a LLaMA checkpoint of {n_layers} layers; missing {missing[:8]}, unexpected {unexpected[:8]}")
+        embed = self._meta("tok_embeddings.weight", 1)
+        self.shape = LlamaShape(
+            dim=embed.shape[1],
+            n_layers=n_layers,
+            n_heads=self.params["n_heads"],
+            vocab_size=embed.shape[0],
+            intermediate=self._meta("layers.0.feed_forward.w1.weight", 0).shape[0],
+            norm_eps=self.params.get("norm_eps", 1e-5),
+        )
+
+    def _meta(self, key: str, dim: int | None) -> torch.Tensor:
+        if len(self.shards) == 1 or dim is None:
+            return self.shards[0][key]
+        return torch.cat([s[key] for s in self.shards], dim=dim)
+
+    def get(self, hf_key: str) -> torch.Tensor:
+        template, index = _match_template(hf_key, LLAMA_KEYS)
+        meta_template, permute, dim = LLAMA_KEYS[template]
+        tensor = self._meta(meta_template.format(i=index), dim)
+        return rotary_permute(tensor, self.shape.n_heads) if permute else tensor
+
+
+class HFCheckpoint(BaseCheckpoint):
+    def __init__(self, folder: Path):
+        from safetensors import safe_open
+
+        config_path = folder / "config.json"
+        if not config_path.exists():
+            raise WeightsError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        config = json.loads(config_path.read_text())
+        self.source = str(folder)
+        self._tensors: dict[str, Callable[[], torch.Tensor]] = {}
+        files = sorted(folder.glob("*.safetensors"))
+        for path in files:
+            handle = safe_open(str(path), framework="pt")
+            for key in handle.keys():
+                self._tensors[key] = lambda h=handle, k=key: h.get_tensor(k)
+        if not files:
+            for path in sorted(folder.glob("pytorch_model*.bin")):
+                state = _torch_load(path)
+                for key in state:
+                    self._tensors[key] = lambda s=state, k=key: s[k]
+        if not self._tensors:
+            raise WeightsError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
+        if config.get("num_key_value_heads", config["num_attention_heads"]) != config["num_attention_heads"]:
+            raise WeightsError(f"{folder}: grouped-query attention is not LLaMA-1; the release needs a LLaMA-1 7B base")
+        self.shape = LlamaShape(
+            dim=config["hidden_size"],
+            n_layers=config["num_hidden_layers"],
+            n_heads=config["num_attention_heads"],
+            vocab_size=config["vocab_size"],
+            intermediate=config["intermediate_size"],
+            norm_eps=config.get("rms_norm_eps", 1e-5),
+        )
+        missing = [k for k in self.hf_keys() if k not in self._tensors]
+        if missing:
+            raise WeightsError(f"{folder}: missing tensors {missing[:8]}")
+
+    def get(self, hf_key: str) -> torch.Tensor:
+        return self._tensors[hf_key]()
+
+
+def open_base(folder: Path) -> BaseCheckpoint:
+    folder = Path(folder)
+    if (folder / "params.json").exists():
+        return MetaCheckpoint(folder)
+    if (folder / "config.json").exists():
+        return HFCheckpoint(folder)
+    raise WeightsError(
+        f"{folder}: neither a Meta-format LLaMA (params.json + consolidated.*.pth) nor a Hugging Face "
+        "folder (config.json + weights). See README, section Weights."
+    )
+
+
+def _match_template(key: str, table: dict) -> tuple[str, int | None]:
+    for template in table:
+        if "{i}" not in template:
+            if key == template:
+                return template, None
+            continue
+        match = re.fullmatch(re.escape(template).replace(r"\{i\}", r"(\d+)"), key)
+        if match:
+            return template, int(match.group(1))
+    raise KeyError(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter (7B.pth)
+# ---------------------------------------------------------------------------------------------
+
+
+def load_adapter_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    state = _torch_load(Path(path))
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path}: expected {{'model': {{name: tensor}}}} as in the released 7B.pth")
+    return state
+
+
+def expected_adapter_keys(n_layers: int, bind_blocks: int) -> set[str]:
+    keys = set(ADAPTER_GLOBAL) | {"image_bind_proj.weight", "image_bind_proj.bias"}
+    for k in range(1, bind_blocks + 1):
+        keys |= {f"image_bind_norm_{k}.weight", f"image_bind_f1_{k}.weight", f"image_bind_f2_{k}.weight", f"image_bind_f3_{k}.weight"}
+    for i in range(n_layers):
+        prefix = f"llama.layers.{i}."
+        keys.add(prefix + ADAPTER_GATE)
+        keys |= {prefix + name for name in ADAPTER_NORMS.values()}
+        for bias, lora, _ in ADAPTER_PROJECTIONS.values():
+            if bias:
+                keys.add(prefix + bias)
+            keys |= {prefix + lora + "_l1.weight", prefix + lora + "_l2.weight"}
+    return keys
+
+
+def check_adapter_keys(adapter: dict[str, torch.Tensor], n_layers: int) -> None:
+    """Fail loudly, naming keys, unless the adapter has exactly the release's keys."""
+    blocks = {int(m.group(1)) for k in adapter if (m := re.fullmatch(r"image_bind_norm_(\d+)\.weight", k))}
+    expected = expected_adapter_keys(n_layers, max(blocks, default=0))
+    missing = sorted(expected - set(adapter))
+    unexpected = sorted(set(adapter) - expected)
+    if missing or unexpected:
+        raise WeightsError(
+            f"the adapter checkpoint does not match a {n_layers}-layer ImageBind-LLM release: "
+            f"{len(missing)} missing keys {missing[:10]}, {len(unexpected)} unexpected keys {unexpected[:10]}. "
+            "Is it the released 7B.pth, for this base model?"
+        )
+
+
+def fold_adapter(hf_key: str, tensor: torch.Tensor, adapter: dict[str, torch.Tensor], n_heads: int) -> torch.Tensor:
+    """The base tensor with the adapter's fine-tuned values for it applied (fp32 maths)."""
+    if hf_key == "model.norm.weight":
+        return adapter["llama.norm.weight"].float()
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", hf_key)
+    if not match:
+        return tensor.float()
+    index, module = int(match.group(1)), match.group(2)
+    prefix = f"llama.layers.{index}."
+    if module in ADAPTER_NORMS:
+        return adapter[prefix + ADAPTER_NORMS[module]].float()
+    if module in ADAPTER_PROJECTIONS:
+        _, lora, permute = ADAPTER_PROJECTIONS[module]
+        a = adapter[prefix + lora + "_l1.weight"].float()  # (r, in)
+        b = adapter[prefix + lora + "_l2.weight"].float()  # (out, r)
+        if permute:
+            b = rotary_permute(b, n_heads)
+        return tensor.float() + b @ a  # W + B A, LoRA scale 1
+    return tensor.float()
+
+
+def adapter_bias(hf_module_key: str, adapter: dict[str, torch.Tensor], n_heads: int, out_dim: int) -> torch.Tensor:
+    """Bias for `model.layers.{i}.<projection>`: the fine-tuned one, or zeros (k, v)."""
+    match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", hf_module_key)
+    index, module = int(match.group(1)), match.group(2)
+    bias_key, _, permute = ADAPTER_PROJECTIONS[module]
+    if bias_key is None:
+        return torch.zeros(out_dim)
+    bias = adapter[f"llama.layers.{index}.{bias_key}"].float()
+    return rotary_permute(bias, n_heads) if permute else bias
+
+
+def injection_tensors(adapter: dict[str, torch.Tensor], n_layers: int, n_heads: int) -> dict[str, torch.Tensor]:
+    """Bind network (our names), prefix, gates and v LoRA factors, for adapter.safetensors."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in adapter.items():
+        ours = rename_official_bind_key(key)
+        if ours is not None:
+            out["bind." + ours] = value.float()
+    layers = [f"llama.layers.{i}." for i in range(n_layers)]
+    out["injection.prefix_query"] = adapter["prefix_query.weight"].float()  # (L, D)
+    out["injection.gates"] = torch.stack([adapter[p + ADAPTER_GATE].float().reshape(n_heads) for p in layers])  # (L, heads)
+    out["injection.lora_v_a"] = torch.stack([adapter[p + "attention.lora_wv_l1.weight"].float() for p in layers])  # (L, r, D)
+    out["injection.lora_v_b"] = torch.stack([adapter[p + "attention.lora_wv_l2.weight"].float() for p in layers])  # (L, D, r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _llm_tensors(base: BaseCheckpoint, delta: BaseCheckpoint | None, adapter: dict, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    n_heads = base.shape.n_heads
+    for key in base.hf_keys():
+        tensor = base.get(key).float()
+        if delta is not None:
+            tensor = tensor + delta.get(key).float()
+        tensor = fold_adapter(key, tensor, adapter, n_heads)
+        yield key, tensor.to(dtype).contiguous()
+        # attention_bias / mlp_bias = True in the HF config: every projection gets its bias.
+        module = key.removesuffix(".weight")
+        short = module.split(".", 3)[-1] if module.startswith("model.layers.") else ""
+        if short in ADAPTER_PROJECTIONS:
+            yield module + ".bias", adapter_bias(module, adapter, n_heads, tensor.shape[0]).to(dtype).contiguous()
+
+
+def _write_sharded(tensors: Iterator[tuple[str, torch.Tensor]], folder: Path, max_shard_bytes: int, progress: bool) -> None:
+    """Write safetensors shards plus the index Hugging Face loads, holding one shard in RAM."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    sizes = [0]
+    written: dict[str, str] = {}
+    total = 0
+    names: list[str] = []
+
+    def flush() -> None:
+        name = f"model-{len(names) + 1:05d}.safetensors"
+        save_file(shards[-1], str(folder / name), metadata={"format": "pt"})
+        for key in shards[-1]:
+            written[key] = name
+        names.append(name)
+        shards[-1] = {}
+        sizes[-1] = 0
+
+    for key, tensor in tqdm(tensors, desc="converting LLaMA", unit="tensor", disable=not progress):
+        nbytes = tensor.numel() * tensor.element_size()
+        if sizes[-1] and sizes[-1] + nbytes > max_shard_bytes:
+            flush()
+        shards[-1][key] = tensor
+        sizes[-1] += nbytes
+        total += nbytes
+    if shards[-1]:
+        flush()
+    # Rename to the "-of-N" pattern once N is known.
+    final = {name: f"model-{i + 1:05d}-of-{len(names):05d}.safetensors" for i, name in enumerate(names)}
+    for old, new in final.items():
+        (folder / old).rename(folder / new)
+    index = {"metadata": {"total_size": total}, "weight_map": {k: final[v] for k, v in sorted(written.items())}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def find_tokenizer(base_folder: Path, explicit: Path | None) -> Path:
+    candidates = [explicit] if explicit else [base_folder / "tokenizer.model", base_folder.parent / "tokenizer.model"]
+    for path in candidates:
+        if path and Path(path).is_file():
+            return Path(path)
+    raise WeightsError(
+        f"no tokenizer.model found (looked at {', '.join(str(c) for c in candidates)}); pass --tokenizer PATH "
+        "(the original LLaMA SentencePiece model)"
+    )
+
+
+def convert(
+    base: Path,
+    adapter: Path,
+    out: Path,
+    *,
+    delta: Path | None = None,
+    tokenizer: Path | None = None,
+    imagebind: Path | None = None,
+    dtype: torch.dtype = torch.float16,
+    max_shard_bytes: int = 2 * 1024**3,
+    placeholder: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Convert and write everything; returns `out`. Checks all keys before writing anything."""
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaTokenizer
+
+    out = Path(out)
+    base_ckpt = open_base(Path(base))
+    delta_ckpt = MetaCheckpoint(Path(delta)) if delta else None
+    shape = base_ckpt.shape
+    if delta_ckpt is not None and delta_ckpt.shape != shape:
+        raise WeightsError(f"the delta {delta} has shape {delta_ckpt.shape}, the base {base} has {shape}")
+    adapter_state = load_adapter_checkpoint(Path(adapter))
+    check_adapter_keys(adapter_state, shape.n_layers)
+    if adapter_state["prefix_query.weight"].shape[1] != shape.dim:
+        raise WeightsError(f"the adapter is for width {adapter_state['prefix_query.weight'].shape[1]}, the base LLaMA has {shape.dim}")
+    tokenizer_path = find_tokenizer(Path(base), tokenizer)
+
+    llm_dir = out / LLM_DIR
+    llm_dir.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.dim,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_heads,
+        hidden_act="silu",
+        max_position_embeddings=2048,  # LLaMA-1's training context
+        rms_norm_eps=shape.norm_eps,
+        rope_theta=10000.0,
+        attention_bias=True,  # carries the fine-tuned q/o biases (k/v held at zero)
+        mlp_bias=True,  # carries the fine-tuned FFN biases
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        dtype=str(dtype).removeprefix("torch."),
+    )
+    config.save_pretrained(llm_dir)
+    _write_sharded(_llm_tensors(base_ckpt, delta_ckpt, adapter_state, dtype), llm_dir, max_shard_bytes, progress)
+    LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path)).save_pretrained(llm_dir)
+
+    extra = injection_tensors(adapter_state, shape.n_layers, shape.n_heads)
+    # The bind network runs once per request; keep it in the chosen dtype, the gates in fp32.
+    save_file({k: (v if "gates" in k else v.to(dtype)).contiguous() for k, v in extra.items()}, str(out / ADAPTER_NAME))
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "llm": LLM_DIR,
+        "adapter": ADAPTER_NAME,
+        "imagebind": _relative_or_absolute(Path(imagebind), out) if imagebind else None,
+        "placeholder": placeholder,  # True: random weights, answers meaningless (tiny preset)
+        "sources": {"base": str(base), "delta": str(delta) if delta else None, "adapter": str(adapter)},
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _relative_or_absolute(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path.resolve())

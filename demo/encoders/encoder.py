@@ -1,0 +1,271 @@
+"""One object that turns preprocessed tensors into ImageBind embeddings, for every modality.
+
+`MultimodalEncoder` wires Meta's `ImageBindModel` (vision, text, audio, depth, thermal, IMU) and
+the optional Point-Bind point encoder. Each embedding is exactly what ImageBind's forward returns
+for that sample with batch 1: L2-normalised, then multiplied by the modality's fixed logit scale
+(1 for vision and point, 20 for audio, ...), averaged over clips/views for video and audio.
+
+Device policy: towers stay on the CPU (memory-mapped from the weights file after
+`from_pretrained`) until their modality is first encoded; then that tower alone (preprocessor,
+trunk, head, postprocessor) moves to `device` in `dtype` and stays there. An image-only session
+thus puts 0.63 B of ImageBind-Huge's 1.2 B parameters on the GPU. Defaults: CUDA in float16 when
+available, else CPU in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, is_point_key, load_point_bind, load_strictly
+from demo.errors import InputError, WeightsError
+from demo.modalities import get_modality
+
+CONFIG_FILENAME = "encoder_config.json"  # written next to the weights file
+
+# ImageBindModel keyword arguments. "huge" is Meta's `imagebind_huge()`; "tiny" (about 4 M
+# parameters, most in the 49408-token text embedding) runs every modality on CPU in milliseconds.
+_SMALL_TOWER = dict(embed_dim=64, num_blocks=2, num_heads=4)
+IMAGEBIND_PRESETS: dict[str, dict[str, Any]] = {
+    "huge": dict(
+        vision_embed_dim=1280, vision_num_blocks=32, vision_num_heads=16,
+        text_embed_dim=1024, text_num_blocks=24, text_num_heads=16,
+        out_embed_dim=1024, audio_drop_path=0.1, imu_drop_path=0.7,
+    ),
+    "tiny": dict(
+        out_embed_dim=64,
+        **{f"{tower}_{arg}": value
+           for tower in ("vision", "text", "audio", "depth", "thermal", "imu")
+           for arg, value in _SMALL_TOWER.items()},
+    ),
+}
+
+
+@dataclass
+class EncoderConfig:
+    """ImageBindModel keyword arguments plus the point encoder's sizes (None: no point encoder)."""
+
+    imagebind: dict[str, Any]
+    point: PointBindConfig | None = field(default_factory=PointBindConfig)
+
+    def __post_init__(self) -> None:
+        if self.point is not None and self.point.out_dim != self.out_dim:
+            raise ValueError(f"point out_dim {self.point.out_dim} differs from ImageBind's out_embed_dim {self.out_dim}")
+
+    @property
+    def out_dim(self) -> int:
+        return self.imagebind.get("out_embed_dim", 768)  # ImageBindModel's default
+
+    @classmethod
+    def preset(cls, name: str) -> EncoderConfig:
+        if name not in IMAGEBIND_PRESETS:
+            raise KeyError(f"unknown encoder preset {name!r}; known: {', '.join(IMAGEBIND_PRESETS)}")
+        return cls(dict(IMAGEBIND_PRESETS[name]), PointBindConfig.preset(name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"imagebind": dict(self.imagebind), "point": None if self.point is None else self.point.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
+        # JSON turns tuples (e.g. kernel_size) into lists; ImageBind compares some of them to tuples.
+        imagebind = {k: tuple(v) if isinstance(v, list) else v for k, v in data["imagebind"].items()}
+        point = data.get("point")
+        return cls(imagebind, None if point is None else PointBindConfig.from_dict(point))
+
+
+class MultimodalEncoder:
+    """Preprocessed sample of any modality -> its ImageBind embedding (float32, on the CPU)."""
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        imagebind: nn.Module,
+        point: PointBindEncoder | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.config = config
+        self.imagebind = imagebind.eval().requires_grad_(False)
+        self.point = None if point is None else point.eval().requires_grad_(False)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Half precision where it is fast (GPU); CPU kernels for fp16 are slow or missing.
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self._placed: set[str] = set()  # towers already on (device, dtype)
+        self._place_lock = threading.Lock()  # the app may encode from several threads
+
+    @classmethod
+    def from_config(
+        cls, config: EncoderConfig | str, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> MultimodalEncoder:
+        """Randomly initialised encoder (tests, benchmarks, writing tiny weights)."""
+        from demo.encoders.imagebind_import import import_imagebind_model
+
+        config = EncoderConfig.preset(config) if isinstance(config, str) else config
+        imagebind = import_imagebind_model().ImageBindModel(**config.imagebind)
+        point = None if config.point is None else PointBindEncoder(config.point)
+        return cls(config, imagebind, point, device, dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        config: EncoderConfig | str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> MultimodalEncoder:
+        """Load `imagebind_huge.pth` (Meta) or `imagebind_w3D.pth` (with Point-Bind) format weights.
+
+        `config`: an EncoderConfig, a preset name, or None for the `encoder_config.json` saved next
+        to the weights ("huge" when there is none). Every key of the file must be used: ImageBind
+        keys load strictly into ImageBind, point keys into the point encoder. A file without point
+        keys disables the point modality.
+        """
+        from accelerate import init_empty_weights
+
+        from demo.encoders.imagebind_import import import_imagebind_model
+
+        # 1. Resolve the config
+        path = Path(path)
+        config = _resolve_config(path, config)
+
+        # 2. Read the state dict (memory-mapped: towers never used are never read from disk)
+        state_dict = _read_state_dict(path)
+
+        # 3. Split it between the two models and load each strictly
+        point_keys = {k: v for k, v in state_dict.items() if is_point_key(k)}
+        imagebind_keys = {k: v for k, v in state_dict.items() if not is_point_key(k)}
+        with init_empty_weights():  # parameters on the meta device: no 4.8 GB random init
+            imagebind = import_imagebind_model().ImageBindModel(**config.imagebind)
+        load_strictly(imagebind, imagebind_keys, f"ImageBind ({path.name})", assign=True)
+        point = None
+        if point_keys:
+            if config.point is None:
+                raise WeightsError(f"{path} has point encoder keys but the config has no point encoder (point=None)")
+            point = load_point_bind(point_keys, config.point, assign=True)
+        return cls(config, imagebind, point, device, dtype)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names this encoder can encode (point only with Point-Bind weights)."""
+        keys = set(self.imagebind.modality_trunks) | ({"point"} if self.point is not None else set())
+        return tuple(name for name in _SAMPLE_SHAPES if get_modality(name).imagebind_key in keys)
+
+    def encode(self, modality: str, sample: Tensor) -> Tensor:
+        """One preprocessed sample (layout: `demo.modalities`) -> embedding [out_dim], float32, CPU."""
+        return self.encode_batch(modality, sample[None], batch_size=1)[0]
+
+    def encode_batch(self, modality: str, samples: Tensor, batch_size: int = 32) -> Tensor:
+        """Samples [N, *sample_shape] -> embeddings [N, out_dim], float32, CPU, in batches."""
+        self._check_samples(modality, samples)
+        key = get_modality(modality).imagebind_key
+        self._place(key)  # outside inference mode, so the moved weights stay ordinary tensors
+        with torch.inference_mode():
+            return torch.cat([self._forward(key, chunk) for chunk in samples.split(batch_size)])
+
+    def _forward(self, key: str, batch: Tensor) -> Tensor:
+        if key == "point":
+            # Grouping runs in float32 whatever the model dtype (see point_bind.group_points).
+            out = self.point(batch.to(self.device, torch.float32))
+        else:
+            # Token ids stay integers; everything else takes the tower's dtype.
+            batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
+            out = self.imagebind({key: batch})[key]  # ImageBind averages clips/views of 5-D+ inputs
+        return out.float().cpu()
+
+    def _place(self, key: str) -> None:
+        """Move one tower to (device, dtype) the first time it is used (see the module docstring)."""
+        with self._place_lock:
+            if key in self._placed:
+                return
+            modules = [self.point] if key == "point" else [
+                getattr(self.imagebind, part)[key]
+                for part in ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
+            ]
+            for module in modules:
+                module.to(self.device, self.dtype)
+            self._placed.add(key)
+
+    def _check_samples(self, modality: str, samples: Tensor) -> None:
+        """Raise InputError (or WeightsError for a missing point branch) before any compute."""
+        if not isinstance(samples, Tensor):
+            raise InputError(f"{modality} samples must be a torch.Tensor, got {type(samples).__name__}")
+        key = get_modality(modality).imagebind_key
+        if not key:
+            raise InputError(f"{modality!r} inputs are ImageBind embeddings already; there is nothing to encode")
+        if key == "point" and self.point is None:
+            raise WeightsError(
+                "point clouds need the Point-Bind encoder, which the loaded weights lack "
+                "(no point_trunk.* keys): load imagebind_w3D.pth instead of imagebind_huge.pth"
+            )
+        expected = _SAMPLE_SHAPES[modality](self.config)
+        got = tuple(samples.shape[1:])
+        if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+            layout = ", ".join("any" if e is None else str(e) for e in expected)
+            raise InputError(f"{modality} sample has shape {list(got)}; expected [{layout}] ({get_modality(modality).sample_shape})")
+        if samples.shape[0] == 0:
+            raise InputError(f"no {modality} samples to encode")
+        if modality == "text":
+            if samples.is_floating_point():
+                raise InputError(f"text samples must be integer token ids, got {samples.dtype}")
+        elif not torch.isfinite(samples).all():
+            raise InputError(f"{modality} sample contains NaN or infinite values")
+        if key == "point" and got[0] < (needed := max(self.config.point.num_group, self.config.point.group_size)):
+            raise InputError(f"point cloud has {got[0]} points; the encoder needs at least {needed}")
+
+
+def _kwarg(config: EncoderConfig, name: str, default: int) -> int:
+    return config.imagebind.get(name, default)  # default: ImageBindModel's own
+
+
+# Per-sample shapes (None: any size) as ImageBind's preprocessors expect them; 224, 77 and the IMU
+# window are fixed inside ImageBindModel. Video/audio: any number of clips or views.
+_SAMPLE_SHAPES = {
+    "image": lambda c: (3, 224, 224),
+    "video": lambda c: (None, 3, _kwarg(c, "video_frames", 2), 224, 224),
+    "audio": lambda c: (None, 1, _kwarg(c, "audio_num_mel_bins", 128), _kwarg(c, "audio_target_len", 204)),
+    "text": lambda c: (77,),
+    "point": lambda c: (None, 3),
+    "depth": lambda c: (1, 224, 224),
+    "thermal": lambda c: (1, 224, 224),
+    "imu": lambda c: (6, 2000),
+}
+
+
+def _resolve_config(path: Path, config: EncoderConfig | str | None) -> EncoderConfig:
+    if isinstance(config, EncoderConfig):
+        return config
+    if isinstance(config, str):
+        return EncoderConfig.preset(config)
+    saved = path.parent / CONFIG_FILENAME
+    return EncoderConfig.from_dict(json.loads(saved.read_text())) if saved.exists() else EncoderConfig.preset("huge")
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise WeightsError(
+            f"encoder weights not found at {path}: download imagebind_w3D.pth (ImageBind-Huge + Point-Bind) "
+            "or imagebind_huge.pth"
+        )
+    try:
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # mmap needs the zip format of torch >= 1.6; older files are read into memory.
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as exc:
+        raise WeightsError(f"cannot read {path} as a torch state dict ({exc}); is the download complete?") from exc
+    # Checkpoints are sometimes wrapped: {"model": {...}} or {"state_dict": {...}}.
+    while isinstance(loaded, Mapping) and len(loaded) == 1 and isinstance(next(iter(loaded.values())), Mapping):
+        loaded = next(iter(loaded.values()))
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
+        raise WeightsError(f"{path} is not a state dict of tensors (ImageBind .pth format expected)")
+    # Weights saved from a DistributedDataParallel wrapper carry a "module." prefix.
+    return {k.removeprefix("module."): v for k, v in loaded.items()}

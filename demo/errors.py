@@ -1,0 +1,17 @@
+"""Exceptions the library raises. Each message says what went wrong and what to do."""
+
+
+class DemoError(Exception):
+    """Base class for every error this library raises on purpose."""
+
+
+class InputError(DemoError, ValueError):
+    """A user's input (file, array, value) cannot be used. The message names the input."""
+
+
+class WeightsError(DemoError, RuntimeError):
+    """Weight files are missing, partial, or do not match the code. The message says the fix."""
+
+
+class PromptTooLongError(InputError):
+    """The prompt does not fit the model's context window even after dropping old turns."""

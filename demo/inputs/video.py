@@ -1,0 +1,144 @@
+"""Videos -> [15, 3, 2, 224, 224] (5 clips x 3 crops, C, T, H, W) for ImageBind's vision tower.
+
+Reproduces `imagebind.data.load_and_transform_video_data` with PyAV instead of decord:
+- 5 clips of 2 s placed by pytorchvideo's ConstantClipsPerVideoSampler (i * max(D - 2, 0) / 5);
+- decord's frames of a clip [s, e) are indices ceil(fps * s) .. ceil(fps * e) - 1, i.e. the
+  frames whose timestamp lies in [s, e); UniformTemporalSubsample(2) keeps the first and the
+  last of them;
+- /255, short side 224 (bilinear, no antialias, pytorchvideo's ShortSideScale), CLIP
+  normalisation, 3 crops (left/centre/right, or top/centre/bottom for portrait video).
+Instead of decoding the whole file we seek to each clip, so cost depends on 5 x 2 s, not on D.
+
+Single-frame videos (and clips holding one frame) are accepted: that frame fills both time
+steps, which is what ImageBind's UniformTemporalSubsample does, and how ImageBind itself feeds
+still images to the same tower (repeated into 2 frames).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from demo.errors import InputError
+from demo.inputs.audio import clip_start_times
+from demo.inputs.common import Source, check_file
+from demo.inputs.image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
+from demo.inputs.limits import InputLimits
+
+if TYPE_CHECKING:
+    import av
+
+CLIP_SECONDS = 2
+NUM_CLIPS = 5
+FRAMES_PER_CLIP = 2
+NUM_CROPS = 3
+
+
+def stream_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    """Duration in seconds from metadata (no decoding); decord's definition, frames / fps,
+    when the container records a frame count."""
+    if stream.frames and stream.average_rate:
+        return float(stream.frames / stream.average_rate)
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # AV_TIME_BASE is microseconds
+    raise InputError(f"{container.name}: video has no duration in its metadata")
+
+
+def first_and_last_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: Fraction, end: Fraction
+) -> list[np.ndarray]:
+    """RGB frames (H, W, 3) uint8: the first and last frame with timestamp in [start, end)."""
+    origin = stream.start_time or 0  # first timestamp, in stream.time_base units
+    # Seek to the keyframe at or before `start` (offset in stream time base), then decode forward.
+    container.seek(origin + math.floor(start / stream.time_base), stream=stream, backward=True)
+    first = last = before = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            raise InputError(f"{container.name}: video frames have no timestamps")
+        time = (frame.pts - origin) * stream.time_base  # exact Fraction
+        if time >= end:
+            break
+        if time < start:
+            before = frame  # fallback if the window holds no frame (variable frame rate)
+            continue
+        if first is None:
+            first = frame
+        last = frame
+    if first is None:
+        first = last = before
+    if first is None:
+        raise InputError(f"{container.name}: no decodable frame near {float(start):.2f} s (truncated file?)")
+    return [frame.to_ndarray(format="rgb24") for frame in (first, last)]
+
+
+def short_side_scale(clip: torch.Tensor) -> torch.Tensor:
+    """[C, T, H, W] -> short side 224, long side floor(long / short * 224), as pytorchvideo."""
+    _, _, height, width = clip.shape
+    if width < height:
+        size = (int(math.floor(height / width * IMAGE_SIZE)), IMAGE_SIZE)
+    else:
+        size = (IMAGE_SIZE, int(math.floor(width / height * IMAGE_SIZE)))
+    # interpolate sees C as batch and T as channels: each frame is resized on its own
+    return torch.nn.functional.interpolate(clip, size=size, mode="bilinear", align_corners=False)
+
+
+def three_crops(clip: torch.Tensor) -> list[torch.Tensor]:
+    """[C, T, H, W] -> 3 crops [C, T, 224, 224] along the long side: start, centre, end.
+    Centre offsets are ceil((L - 224) / 2), as in ImageBind's uniform_crop."""
+    _, _, height, width = clip.shape
+    y_centre = math.ceil((height - IMAGE_SIZE) / 2)
+    x_centre = math.ceil((width - IMAGE_SIZE) / 2)
+    if height > width:
+        offsets = [(0, x_centre), (y_centre, x_centre), (height - IMAGE_SIZE, x_centre)]
+    else:
+        offsets = [(y_centre, 0), (y_centre, x_centre), (y_centre, width - IMAGE_SIZE)]
+    return [clip[:, :, y : y + IMAGE_SIZE, x : x + IMAGE_SIZE] for y, x in offsets]
+
+
+def frames_to_views(frames: list[np.ndarray]) -> list[torch.Tensor]:
+    """Two RGB frames of one clip -> 3 normalised views [3, 2, 224, 224]."""
+    clip = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float() / 255.0  # [3, 2, H, W]
+    clip = short_side_scale(clip)
+    mean = torch.tensor(CLIP_MEAN)[:, None, None, None]
+    std = torch.tensor(CLIP_STD)[:, None, None, None]
+    return three_crops((clip - mean) / std)
+
+
+def load_video(source: Source, limits: InputLimits) -> torch.Tensor:
+    """Video file -> float32 [15, 3, 2, 224, 224], clip-major (clip 0 crops 0-2, clip 1, ...)."""
+    import av
+
+    path: Path = check_file(source, "video", limits.video_max_bytes)
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as exc:
+        raise InputError(f"{path}: not a readable video ({exc})") from None
+    with container:
+        if not container.streams.video:
+            raise InputError(f"{path}: file has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height == 0:
+            raise InputError(f"{path}: video stream has no frame size (corrupt header?)")
+        if width * height > limits.video_max_frame_pixels:
+            raise InputError(f"{path}: frames are {width}x{height}, over the limit of {limits.video_max_frame_pixels} pixels")
+        duration = stream_duration(container, stream)
+        if duration > limits.video_max_seconds:
+            raise InputError(f"{path}: video lasts {duration:.0f} s, over the limit of {limits.video_max_seconds:.0f} s")
+        if duration <= 0:
+            raise InputError(f"{path}: video has zero duration")
+        views = []
+        try:
+            for start in clip_start_times(duration, CLIP_SECONDS, NUM_CLIPS):
+                frames = first_and_last_frames(container, stream, start, start + CLIP_SECONDS)
+                views += frames_to_views(frames)
+        except av.FFmpegError as exc:
+            raise InputError(f"{path}: corrupt video ({exc})") from None
+    return torch.stack(views).contiguous()  # [15, 3, 2, 224, 224]

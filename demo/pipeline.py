@@ -1,0 +1,315 @@
+"""The one inference object: inputs -> ImageBind -> mix -> visual cache -> bind -> gated LLaMA.
+
+    pipe = ImageBindLLMPipeline.from_pretrained("tiny")            # or a converted folder
+    cond = pipe.encode([InputItem("image", "cat.jpg"), InputItem("audio", "meow.wav", 0.5)])
+    for delta in pipe.stream("What do you see and hear?", cond):
+        print(delta, end="")
+
+`__init__` only wires ready components; `from_pretrained` does all loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .arithmetic import mix_embeddings, normalised_weights
+from .config import GenerationConfig
+from .errors import InputError, PromptTooLongError
+from .generation import GenerationState, stream_tokens
+from .modalities import get_modality
+from .prompt import STOP_STRINGS, format_prompt
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("tiny",)  # names from_pretrained accepts besides a folder
+
+
+@dataclass
+class InputItem:
+    """One user input: a file (or in-memory object) of a modality, with its mixing weight."""
+
+    modality: str
+    source: Any
+    weight: float = 1.0
+    name: str | None = None  # shown in the mix summary; defaults to the file name
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        if isinstance(self.source, (str, os.PathLike)):
+            return Path(self.source).name
+        return f"<{type(self.source).__name__}>"
+
+
+@dataclass
+class Conditioning:
+    """What the LLM is conditioned on for one request."""
+
+    embedding: torch.Tensor  # (E,) the final ImageBind-space vector (after the cache)
+    terms: torch.Tensor  # (1, L, D) per-layer injected terms, computed once here
+    mix: list[tuple[str, str, float]] = field(default_factory=list)  # (modality, name, normalised weight)
+    neighbours: Any = None  # demo.cache.CacheResult when the cache was used
+    notes: list[str] = field(default_factory=list)  # things the user should know (cache off, ...)
+
+
+@dataclass
+class PipelineOutput:
+    text: str
+    conditioning: Conditioning
+    finish_reason: str
+    dropped_turns: int = 0
+
+
+class ImageBindLLMPipeline:
+    def __init__(self, model, encoder, cache=None, *, limits=None, placeholder: bool = False):
+        from .cache import CacheConfig
+        from .inputs.limits import InputLimits
+
+        self.model = model  # demo.model.ImageBindLLM
+        self.encoder = encoder  # demo.encoders.encoder.MultimodalEncoder
+        self.cache = cache  # demo.cache.VisualCache or None (cache off)
+        self.limits = limits or InputLimits()
+        self.is_placeholder = placeholder  # random weights: answers are meaningless
+        self.generation_defaults = GenerationConfig()
+        self.cache_defaults = CacheConfig(enabled=cache is not None)
+        self._blank: torch.Tensor | None = None
+        self._blank_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "tiny",
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        quantization: str | None = None,
+        cache_path: str | os.PathLike | None = None,
+        imagebind_path: str | os.PathLike | None = None,
+        home: str | os.PathLike | None = None,
+    ) -> "ImageBindLLMPipeline":
+        """Load a converted folder (see `weights/convert.py`) or the offline "tiny" preset.
+
+        quantization: None, "8bit" or "4bit" (bitsandbytes, LLaMA only).
+        cache_path: a faiss index for the visual cache; None leaves the cache off.
+        imagebind_path: ImageBind weights, when not recorded in the folder's imagebind_llm.json.
+        home: where the tiny preset is written (default $IBLLM_HOME or ~/.cache/imagebind-llm).
+        """
+        from .encoders.encoder import MultimodalEncoder
+        from .model import ImageBindLLM, read_folder_config, resolve_device
+
+        folder = ensure_tiny(home) if str(name_or_path) in PRESETS else Path(name_or_path)
+        meta = read_folder_config(folder)
+        model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
+        imagebind = Path(imagebind_path) if imagebind_path else _imagebind_path(folder, meta)
+        encoder_dtype = None if quantization is None else torch.float16 if resolve_device(device).type == "cuda" else None
+        encoder = MultimodalEncoder.from_pretrained(imagebind, device=resolve_device(device), dtype=encoder_dtype)
+        cache = None
+        if cache_path is not None:
+            from .cache import VisualCache
+
+            cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
+        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")))
+
+    # ------------------------------------------------------------------------------------------
+    # 1. Inputs -> conditioning
+    # ------------------------------------------------------------------------------------------
+    def embed(self, item: InputItem) -> torch.Tensor:
+        """One input -> its L2-normalised ImageBind embedding, (E,) float32 on the CPU."""
+        from .inputs.registry import load_input
+
+        modality = _modality(item.modality)
+        sample = load_input(modality, item.source, self.limits)
+        if modality == "embedding":
+            vector = sample
+            if vector.shape[-1] != self.embed_dim:
+                raise InputError(f"{item.display_name}: embedding has {vector.shape[-1]} values, this model uses {self.embed_dim}")
+        else:
+            vector = self.encoder.encode(modality, sample)
+        return F.normalize(vector.float().reshape(-1), dim=0).cpu()
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encoder.config.out_dim)
+
+    def encode(self, inputs: Sequence[InputItem] = (), cache=None) -> Conditioning:
+        """Weighted inputs -> Conditioning. No inputs: the blank image, as in training."""
+        from .cache import CacheConfig
+
+        cache = (cache or self.cache_defaults).check()
+        notes: list[str] = []
+        items = [item for item in inputs if item.weight != 0]
+        if inputs and not items:
+            raise InputError("all input weights are zero: give at least one input a non-zero weight")
+        if not items:
+            # Training fed an all-zero (after normalisation) image to text-only samples.
+            embedding = self._blank_embedding()
+            mix: list[tuple[str, str, float]] = []
+            notes.append("no inputs: answering from text alone (blank-image conditioning)")
+            neighbours = None
+        else:
+            shares = normalised_weights([item.weight for item in items])
+            embeddings = [self.embed(item) for item in items]
+            embedding = mix_embeddings(embeddings, [item.weight for item in items])
+            mix = [(item.modality, item.display_name, share) for item, share in zip(items, shares)]
+            neighbours = None
+            if cache.enabled and self.cache is None:
+                notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
+            elif cache.enabled:
+                neighbours = self.cache.retrieve(embedding, k=cache.k, temperature=cache.temperature, weight=cache.weight)
+                embedding = neighbours.embedding
+        terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
+        return Conditioning(embedding, terms, mix, neighbours, notes)
+
+    def _blank_embedding(self) -> torch.Tensor:
+        with self._blank_lock:
+            if self._blank is None:
+                blank = torch.zeros(3, 224, 224)  # a normalised all-zero image
+                self._blank = F.normalize(self.encoder.encode("image", blank).float().reshape(-1), dim=0).cpu()
+            return self._blank
+
+    # ------------------------------------------------------------------------------------------
+    # 2. Conditioning + question -> streamed answer
+    # ------------------------------------------------------------------------------------------
+    def prompt_ids(
+        self, question: str, history: Sequence[tuple[str, str]] = (), input_text: str | None = None, max_new_tokens: int = 0
+    ) -> tuple[list[int], int]:
+        """Token ids (BOS first) of the prompt, dropping the oldest turns until it fits the context
+        with room for `max_new_tokens`. Returns (ids, number of turns dropped)."""
+        tokenizer = self.model.tokenizer
+        context = self.model.context_length
+        history = list(history)
+        for dropped in range(len(history) + 1):
+            text = format_prompt(question, input_text, history[dropped:])
+            ids = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) + max_new_tokens <= context:
+                return ids, dropped
+        if len(ids) < context:  # fits, but leaves fewer new tokens than asked: generation is shortened
+            return ids, len(history)
+        raise PromptTooLongError(
+            f"the question is {len(ids)} tokens long with the template; the model's context is {context} tokens. "
+            f"Shorten it by at least {len(ids) - context + 1} tokens."
+        )
+
+    def stream(
+        self,
+        question: str,
+        conditioning: Conditioning | None = None,
+        *,
+        history: Sequence[tuple[str, str]] = (),
+        input_text: str | None = None,
+        generation: GenerationConfig | None = None,
+        state: GenerationState | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer as text deltas. Breaking out of the loop stops generation."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty: type a question or instruction")
+        generation = (generation or self.generation_defaults).check()
+        conditioning = conditioning if conditioning is not None else self.encode()
+        ids, dropped = self.prompt_ids(question, history, input_text, int(generation.max_new_tokens))
+        if dropped:
+            logger.info("dropped %d oldest turns to fit the context", dropped)
+        room = self.model.context_length - len(ids)
+        config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
+        state = state if state is not None else GenerationState()
+        with self.model.injection.active(conditioning.terms):
+            yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS)
+
+    def __call__(
+        self,
+        question: str,
+        inputs: Sequence[InputItem] = (),
+        *,
+        history: Sequence[tuple[str, str]] = (),
+        input_text: str | None = None,
+        generation: GenerationConfig | None = None,
+        cache=None,
+    ) -> PipelineOutput:
+        """Encode, then generate the whole answer."""
+        conditioning = self.encode(inputs, cache)
+        state = GenerationState()
+        text = "".join(self.stream(question, conditioning, history=history, input_text=input_text, generation=generation, state=state))
+        return PipelineOutput(text, conditioning, state.finish_reason)
+
+    def save_embeddings(self, inputs: Sequence[InputItem], path: str | os.PathLike) -> Path:
+        """Embed each input and save {name: (E,) tensor} as safetensors, for offline arithmetic."""
+        from safetensors.torch import save_file
+
+        tensors = {f"{i}:{item.modality}:{item.display_name}": self.embed(item) for i, item in enumerate(inputs)}
+        save_file(tensors, str(path))
+        return Path(path)
+
+
+def _modality(name: str) -> str:
+    try:
+        return get_modality(name).name
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+
+
+def _imagebind_path(folder: Path, meta: dict) -> Path:
+    recorded = meta.get("imagebind")
+    if not recorded:
+        from .errors import WeightsError
+
+        raise WeightsError(
+            f"{folder}/imagebind_llm.json records no ImageBind weights: pass imagebind_path= (or --imagebind) "
+            "pointing to imagebind_w3D.pth or imagebind_huge.pth"
+        )
+    path = Path(recorded)
+    return path if path.is_absolute() else folder / path
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("IBLLM_HOME", Path.home() / ".cache" / "imagebind-llm"))
+
+
+TINY_VERSION = "tiny-v1"  # bump when the tiny files change so old caches are rebuilt
+
+
+def ensure_tiny(home: str | os.PathLike | None = None) -> Path:
+    """Write and convert the tiny preset once (about 3 s); later calls reuse it."""
+    from .convert import CONFIG_NAME, convert
+    from .tiny import write_tiny_release
+
+    root = Path(home) if home else default_home()
+    folder = root / TINY_VERSION / "converted"
+    if (folder / CONFIG_NAME).exists():
+        return folder
+    logger.info("building the offline tiny preset in %s", folder.parent)
+    release = write_tiny_release(root / TINY_VERSION / "release", seed=0)
+    partial = folder.with_name(f"converted.partial-{os.getpid()}-{threading.get_ident()}")
+    convert(
+        release.llama_dir, release.adapter, partial, delta=release.delta_dir, tokenizer=release.tokenizer,
+        imagebind=release.imagebind, dtype=torch.float32, placeholder=True, progress=False,
+    )
+    # The imagebind path was recorded relative to the partial folder's parent: make it absolute.
+    _absolutise_imagebind(partial, release.imagebind)
+    try:
+        partial.rename(folder)  # atomic: a reader sees a whole folder or none
+    except OSError:  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def _absolutise_imagebind(folder: Path, imagebind: Path) -> None:
+    import json
+
+    from .convert import CONFIG_NAME
+
+    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta["imagebind"] = str(imagebind.resolve())
+    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

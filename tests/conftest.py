@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny random checkpoints in the released formats, built once per test run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory):
+    """Official-format tiny files (Meta base, delta, 7B.pth, tokenizer.model), no encoder."""
+    from demo.tiny import write_tiny_release
+
+    return write_tiny_release(tmp_path_factory.mktemp("tiny_release"), seed=0, with_encoder=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_converted(tiny_release, tmp_path_factory):
+    """The tiny release converted in fp32 (for exact comparisons)."""
+    from demo.convert import convert
+
+    out = tmp_path_factory.mktemp("tiny_converted")
+    return convert(
+        tiny_release.llama_dir, tiny_release.adapter, out, delta=tiny_release.delta_dir, dtype=torch.float32, progress=False, placeholder=True
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_converted):
+    from demo.model import ImageBindLLM
+
+    return ImageBindLLM.from_pretrained(tiny_converted, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Web app fixtures (tests/test_app.py, tests/test_browser.py), added by the app engineer.
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """The real offline `tiny` pipeline, as `python app.py` runs it with no weights."""
+    from demo.pipeline import ImageBindLLMPipeline
+
+    return ImageBindLLMPipeline.from_pretrained("tiny")
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_pipeline):
+    """The web app served on 127.0.0.1 (a free port) for gradio_client and browser tests."""
+    import socket
+
+    import app
+
+    with socket.socket() as probe:  # a free port; the tiny race window is fine for tests
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = app.build_demo(tiny_pipeline)
+    demo.queue(max_size=16)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size="20mb", css=app.CSS)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -1,0 +1,102 @@
+"""Conversion of official-format checkpoints: strict keys, rotary permutation, HF-format bases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from demo.convert import MetaCheckpoint, convert, load_adapter_checkpoint, rotary_permute
+from demo.errors import WeightsError
+
+
+def test_rotary_permute_matches_definition():
+    # 2 heads of head_dim 4: rows (h, pair, 2) -> (h, 2, pair)
+    w = torch.arange(8.0)
+    assert rotary_permute(w, 2).tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert rotary_permute(torch.arange(16.0).view(8, 2), 2)[:, 0].tolist() == [0, 4, 2, 6, 8, 12, 10, 14]
+
+
+def _bad_adapter(tmp_path, release, drop=(), add=()):
+    state = dict(load_adapter_checkpoint(release.adapter))
+    for key in drop:
+        del state[key]
+    for key in add:
+        state[key] = torch.zeros(1)
+    path = tmp_path / "7B.pth"
+    torch.save({"model": state}, path)
+    return path
+
+
+def test_missing_adapter_key_is_named(tmp_path, tiny_release):
+    bad = _bad_adapter(tmp_path, tiny_release, drop=["llama.layers.1.attention.lora_wk_l2.weight"])
+    with pytest.raises(WeightsError, match=r"missing keys \['llama.layers.1.attention.lora_wk_l2.weight'\]"):
+        convert(tiny_release.llama_dir, bad, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "imagebind_llm.json").exists()
+
+
+def test_unexpected_adapter_key_is_named(tmp_path, tiny_release):
+    bad = _bad_adapter(tmp_path, tiny_release, add=["llama.layers.0.attention.lora_wx_l1.weight"])
+    with pytest.raises(WeightsError, match="unexpected keys.*lora_wx_l1"):
+        convert(tiny_release.llama_dir, bad, tmp_path / "out", progress=False)
+
+
+def test_adapter_for_other_layer_count_is_refused(tmp_path, tiny_release):
+    state = load_adapter_checkpoint(tiny_release.adapter)
+    state = {k: v for k, v in state.items() if not k.startswith("llama.layers.1.")}
+    torch.save({"model": state}, tmp_path / "7B.pth")
+    with pytest.raises(WeightsError, match="missing keys"):
+        convert(tiny_release.llama_dir, tmp_path / "7B.pth", tmp_path / "out", progress=False)
+
+
+def test_truncated_checkpoint_says_download_again(tmp_path, tiny_release):
+    data = tiny_release.adapter.read_bytes()
+    (tmp_path / "7B.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="download it again"):
+        convert(tiny_release.llama_dir, tmp_path / "7B.pth", tmp_path / "out", progress=False)
+
+
+def test_missing_tokenizer_is_reported(tmp_path, tiny_release):
+    import shutil
+
+    base = tmp_path / "llama"
+    shutil.copytree(tiny_release.llama_dir, base)
+    with pytest.raises(WeightsError, match="tokenizer.model"):
+        convert(base, tiny_release.adapter, tmp_path / "out", progress=False)
+
+
+def test_hf_format_base_gives_the_same_model(tmp_path, tiny_release, tiny_converted):
+    """Base given in Hugging Face format (already permuted) + Meta delta == Meta base + delta."""
+    from transformers import LlamaConfig
+
+    meta = MetaCheckpoint(tiny_release.llama_dir)
+    hf = tmp_path / "hf_base"
+    hf.mkdir()
+    s = meta.shape
+    LlamaConfig(
+        vocab_size=s.vocab_size, hidden_size=s.dim, intermediate_size=s.intermediate, num_hidden_layers=s.n_layers,
+        num_attention_heads=s.n_heads, rms_norm_eps=s.norm_eps,
+    ).save_pretrained(hf)
+    save_file({k: meta.get(k).contiguous() for k in meta.hf_keys()}, str(hf / "model.safetensors"))
+    (hf / "tokenizer.model").write_bytes(tiny_release.tokenizer.read_bytes())
+    out = convert(hf, tiny_release.adapter, tmp_path / "out", delta=tiny_release.delta_dir, dtype=torch.float32, progress=False)
+    index = json.loads((out / "llm" / "model.safetensors.index.json").read_text())
+    ref_index = json.loads((tiny_converted / "llm" / "model.safetensors.index.json").read_text())
+    assert index["weight_map"].keys() == ref_index["weight_map"].keys()
+    ours = {k: v for f in set(index["weight_map"].values()) for k, v in load_file(str(out / "llm" / f)).items()}
+    ref = {k: v for f in set(ref_index["weight_map"].values()) for k, v in load_file(str(tiny_converted / "llm" / f)).items()}
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], rtol=0, atol=1e-6)
+
+
+def test_sharding_writes_an_index_hf_can_load(tmp_path, tiny_release):
+    from transformers import LlamaForCausalLM
+
+    out = convert(tiny_release.llama_dir, tiny_release.adapter, tmp_path / "out", dtype=torch.float16, max_shard_bytes=100_000, progress=False)
+    shards = sorted((out / "llm").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2
+    model = LlamaForCausalLM.from_pretrained(out / "llm")
+    assert model.config.attention_bias and model.config.mlp_bias
+    assert model.model.layers[0].self_attn.k_proj.bias.abs().max() == 0  # the release has no k bias

@@ -1,0 +1,102 @@
+"""The gated LLM against an independent implementation of the release's forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import reference_llama
+from demo.config import GenerationConfig
+from demo.convert import load_adapter_checkpoint
+from demo.generation import GenerationState, stream_tokens
+from demo.model import ImageBindLLM
+from demo.prompt import STOP_STRINGS, format_prompt
+
+
+def _official(release):
+    base = torch.load(release.llama_dir / "consolidated.00.pth", weights_only=True)
+    delta = torch.load(release.delta_dir / "consolidated.00.pth", weights_only=True)
+    base = {k: v + delta[k] if k in delta else v for k, v in base.items()}
+    return base, load_adapter_checkpoint(release.adapter)
+
+
+def _tokens(model, text="What is in this picture? Describe it."):
+    return torch.tensor([[1] + model.tokenizer.encode(format_prompt(text), add_special_tokens=False)])
+
+
+def test_matches_reference_forward_with_injection(tiny_release, tiny_model):
+    base, adapter = _official(tiny_release)
+    tokens = _tokens(tiny_model)
+    embedding = torch.randn(2, adapter["image_bind_proj.weight"].shape[1], generator=torch.Generator().manual_seed(1))
+    expected = reference_llama.forward(base, adapter, n_heads=4, tokens=tokens.repeat(2, 1), embedding=embedding)
+    terms = tiny_model.conditioning_terms(embedding)  # (2, L, D)
+    with torch.no_grad(), tiny_model.injection.active(terms):
+        logits = tiny_model.llm(input_ids=tokens.repeat(2, 1)).logits
+    diff = (logits.double() - expected).abs().max().item()
+    assert diff < 1e-4, diff
+    # The injection matters: without it the logits move far more than the tolerance.
+    without = reference_llama.forward(base, adapter, n_heads=4, tokens=tokens.repeat(2, 1), embedding=None)
+    assert (without - expected).abs().max().item() > 1e-2
+    with torch.no_grad():
+        plain = tiny_model.llm(input_ids=tokens.repeat(2, 1)).logits
+    assert (plain.double() - without).abs().max().item() < 1e-4
+
+
+def test_zero_gates_equal_plain_llama(tiny_converted):
+    model = ImageBindLLM.from_pretrained(tiny_converted, device="cpu")
+    tokens = _tokens(model)
+    with torch.no_grad():
+        plain = model.llm(input_ids=tokens).logits
+        model.injection.gates.zero_()
+        terms = model.conditioning_terms(torch.randn(1, model.bind.proj.in_features))
+        with model.injection.active(terms):
+            gated = model.llm(input_ids=tokens).logits
+    assert torch.equal(plain, gated)
+
+
+def test_terms_are_computed_once_per_request_not_per_token(tiny_model, monkeypatch):
+    calls = []
+    original = tiny_model.injection.terms_for
+    monkeypatch.setattr(tiny_model.injection, "terms_for", lambda *a: calls.append(1) or original(*a))
+    terms = tiny_model.conditioning_terms(torch.randn(1, tiny_model.bind.proj.in_features))
+    ids = _tokens(tiny_model)[0].tolist()
+    with tiny_model.injection.active(terms):
+        list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, GenerationConfig(max_new_tokens=8, temperature=0), GenerationState()))
+    assert len(calls) == 1
+
+
+def test_injection_is_per_thread(tiny_model):
+    """Two requests in two threads never see each other's conditioning."""
+    import threading
+
+    tokens = _tokens(tiny_model)
+    terms = tiny_model.conditioning_terms(torch.randn(1, tiny_model.bind.proj.in_features))
+    with torch.no_grad():
+        plain = tiny_model.llm(input_ids=tokens).logits
+    seen = {}
+
+    def other_thread():
+        with torch.no_grad():
+            seen["logits"] = tiny_model.llm(input_ids=tokens).logits
+
+    with tiny_model.injection.active(terms):
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+    assert torch.equal(seen["logits"], plain)
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_generates_with_injection(tiny_converted, quantization):
+    model = ImageBindLLM.from_pretrained(tiny_converted, device="cpu", quantization=quantization)
+    tokens = _tokens(model)
+    terms = model.conditioning_terms(torch.randn(1, model.bind.proj.in_features))
+    with torch.no_grad():
+        plain = model.llm(input_ids=tokens).logits
+        with model.injection.active(terms):
+            gated = model.llm(input_ids=tokens).logits
+    assert (plain - gated).abs().max() > 1e-3  # the injection reaches the quantised layers
+    state = GenerationState()
+    with model.injection.active(terms):
+        text = "".join(stream_tokens(model.llm, model.tokenizer, tokens[0].tolist(), GenerationConfig(max_new_tokens=12, temperature=0), state, STOP_STRINGS))
+    assert text == state.text and (state.token_ids or state.finish_reason == "eos")
