@@ -29,7 +29,9 @@ import inspect
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -213,7 +215,8 @@ def clear_inputs(layout: int):
 
 
 def input_items(mix: list[dict]) -> list[InputItem]:
-    return [InputItem(modality=item["modality"], source=item["path"], weight=item["weight"]) for item in mix]
+    return [InputItem(modality=item["modality"], source=item["path"], weight=item["weight"], name=item["name"])
+            for item in mix]
 
 
 def mix_key(mix: list[dict], cache: CacheConfig | None) -> str:
@@ -289,8 +292,9 @@ def mix_summary(mix: list[dict], cond: Conditioning | None, error: str | None = 
     rows = ["| modality | input | share of the mix |", "|---|---|---|"]
     for modality, source_name, share in cond.mix:
         label = MODALITIES[modality].label if modality in MODALITIES else modality
-        rows.append(f"| {ICONS.get(modality, '')} {label} | `{Path(str(source_name)).name}` | {share:+.0%} |")
-    return "\n".join(rows)
+        rows.append(f"| {ICONS.get(modality, '')} {label} | `{source_name}` | {share:+.0%} |")
+    notes = [f"_{note}_" for note in getattr(cond, "notes", [])]
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def neighbours_table(cond: Conditioning | None) -> list[list[Any]]:
@@ -395,6 +399,54 @@ def point_cloud_view(mix: list[dict]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Streaming on one thread.
+# ---------------------------------------------------------------------------------------------
+def on_one_thread(make_stream: Callable[[], Iterator[str]], stop_wait_s: float = 30.0) -> Iterator[str]:
+    """Iterate `make_stream()` on one dedicated thread, passing its items to the caller.
+
+    Gradio advances a generator handler with each next() on whichever worker thread is free,
+    but the library's stream conditions the LLM through thread-local state set when it starts
+    (GatedInjection.active): resumed on another thread, it would generate unconditioned and leave
+    stale state behind. So the library's iterator lives on its own thread from start to close.
+    Closing this generator (Stop button, closed tab) stops the library's iterator after the
+    current token and waits for it, so the next request finds the model free.
+    """
+    handoff: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def produce() -> None:
+        stream = None
+        try:
+            stream = make_stream()
+            for delta in stream:
+                if stop.is_set():
+                    break
+                handoff.put(("delta", delta))
+            handoff.put(("done", None))
+        except BaseException as exc:  # handed to the caller, which raises it in the request
+            handoff.put(("error", exc))
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()  # on this thread, so the library undoes its thread-local state here
+
+    worker = threading.Thread(target=produce, name="ibllm-stream", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "delta":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        worker.join(stop_wait_s)
+
+
+# ---------------------------------------------------------------------------------------------
 # Chat: add the user's turn, stream the answer, regenerate, undo, clear.
 # ---------------------------------------------------------------------------------------------
 def message_text(message: dict) -> str:
@@ -432,20 +484,13 @@ def stream_answer(pipe: ImageBindLLMPipeline, chat: list[dict], input_text: str,
     if not chat or chat[-1]["role"] != "user":
         raise gr.Error("There is no question to answer.")
     question, history = message_text(chat[-1]), history_pairs(chat[:-1])
-    stream = pipe.stream(question, cond_state["cond"], history=history,
-                         input_text=(input_text or "").strip() or None,
-                         generation=generation_config(pipe, generation))
+    config = generation_config(pipe, generation)
     answer = ""
-    try:
-        for delta in stream:
-            answer += delta
-            yield chat + [{"role": "assistant", "content": answer}]
-    finally:
-        # Stop button / closed tab: Gradio drops this generator; closing the library's stream
-        # stops generation at once instead of finishing the answer for nobody.
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+    for delta in on_one_thread(lambda: pipe.stream(question, cond_state["cond"], history=history,
+                                                   input_text=(input_text or "").strip() or None,
+                                                   generation=config)):
+        answer += delta
+        yield chat + [{"role": "assistant", "content": answer}]
     if not answer:
         yield chat + [{"role": "assistant", "content": "_(empty answer)_"}]
 
@@ -505,18 +550,14 @@ def api_chat(pipe: ImageBindLLMPipeline, question: str, files: list[str] | None,
     mix = [new_item(m, f, w) for f, m, w in zip(files, modalities, weights)]
     cond = pipe.encode(input_items(mix), cache=cache_config(pipe, settings.get("cache")))
     generation = {k: settings[k] for k in GENERATION_LIMITS if k in settings}
-    stream = pipe.stream(question.strip(), cond, history=[tuple(turn) for turn in (history or [])],
-                         input_text=settings.get("input") or None,
-                         generation=generation_config(pipe, generation))
+    config = generation_config(pipe, generation)
+    history = [tuple(turn) for turn in (history or [])]
     answer = ""
-    try:
-        for delta in stream:
-            answer += delta
-            yield answer
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+    for delta in on_one_thread(lambda: pipe.stream(question.strip(), cond, history=history,
+                                                   input_text=settings.get("input") or None,
+                                                   generation=config)):
+        answer += delta
+        yield answer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,7 +60,11 @@ _PROBE_TOLERANCE = 0.02
 
 @dataclass
 class CacheConfig:
-    """Whether and how to use the visual cache. Off unless `enabled` and `index_path` are set."""
+    """Whether and how to use the visual cache: off unless `enabled`.
+
+    The pipeline also uses it per request (k, temperature, weight) for a cache loaded elsewhere;
+    `index_path`, `nprobe` and `mmap` only matter to `VisualCache.from_config`.
+    """
 
     enabled: bool = False
     index_path: str | None = None
@@ -72,8 +76,6 @@ class CacheConfig:
 
     def check(self) -> "CacheConfig":
         _check_params(self.k, self.temperature, self.weight)
-        if self.enabled and not self.index_path:
-            raise InputError("the visual cache is enabled but index_path is not set")
         return self
 
 
@@ -135,6 +137,8 @@ class VisualCache:
         if not config.enabled:
             logger.info("visual cache: off (CacheConfig.enabled is False)")
             return None
+        if not config.index_path:
+            raise InputError("the visual cache is enabled but CacheConfig.index_path is not set")
         return cls.from_index(config.index_path, dim=dim, nprobe=config.nprobe, mmap=config.mmap)
 
     def describe(self) -> str:
@@ -161,7 +165,7 @@ class VisualCache:
         # 2. Search and gather the neighbours' vectors in one call (no per-neighbour loop)
         scores, ids, vectors = self.index.search_and_reconstruct(query, k)  # [B, k], [B, k], [B, k, D]
         found = ids >= 0  # [B, k]; an IVF index may find fewer than k in the lists it visits
-        sims = _similarities(self.index.metric_type, scores, query)  # [B, k]
+        sims = np.where(found, _similarities(self.index.metric_type, scores, query), np.nan)  # [B, k]
 
         # 3. Blend
         attention = _softmax(temperature * sims, found)  # [B, k]
@@ -172,7 +176,7 @@ class VisualCache:
         # 4. Package, in the caller's shape, dtype and device
         out = torch.from_numpy(blended).reshape(embedding.shape).to(embedding.device, embedding.dtype)
         sources = [[self._source(i) for i in row] for row in ids.tolist()]
-        return CacheResult(out, ids, np.where(found, sims, np.nan).astype(np.float32), attention.astype(np.float32), sources)
+        return CacheResult(out, ids, sims.astype(np.float32), attention.astype(np.float32), sources)
 
     def _as_query(self, embedding: torch.Tensor) -> np.ndarray:
         if not isinstance(embedding, torch.Tensor) or embedding.ndim not in (1, 2) or embedding.shape[-1] != self.dim:

@@ -277,7 +277,7 @@ def default_home() -> Path:
     return Path(os.environ.get("IBLLM_HOME", Path.home() / ".cache" / "imagebind-llm"))
 
 
-TINY_VERSION = "tiny-v1"  # bump when the tiny files change so old caches are rebuilt
+TINY_VERSION = "tiny-v2"  # bump when the tiny files change so old caches are rebuilt
 
 
 def ensure_tiny(home: str | os.PathLike | None = None) -> Path:

@@ -184,6 +184,6 @@ def write_tiny_release(root: Path, seed: int = 0, with_encoder: bool = True) -> 
         write_tiny_encoder(release.root, seed=seed)
         embed_dim = EncoderConfig.preset("tiny").out_dim
     if not release.adapter.exists():
-        state = tiny_adapter_state(params, embed_dim or 64, generator)
+        state = tiny_adapter_state(params, embed_dim or 1024, generator)
         torch.save({"model": state}, release.adapter)
     return release

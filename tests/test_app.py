@@ -7,6 +7,8 @@ tests check plumbing (what reaches the library, what reaches the UI), never answ
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -37,8 +39,11 @@ class RecordingPipeline:
         self.calls.append({"question": question, **kwargs})
         if self._fail_with is not None:
             raise self._fail_with
+        self.threads = set()
         try:
-            yield from self._pipe.stream(question, cond, **kwargs)
+            for delta in self._pipe.stream(question, cond, **kwargs):
+                self.threads.add(threading.get_ident())
+                yield delta
         except GeneratorExit:
             self.closed = True
             raise
@@ -146,6 +151,18 @@ def test_stream_answer_streams_and_passes_history_and_settings(tiny_pipeline):
     assert call["question"] == "second?" and call["history"] == [("first?", "first answer")]
     assert call["input_text"] == "some context"
     assert (call["generation"].max_new_tokens, call["generation"].temperature) == (8, 0.0)
+
+
+def test_the_library_stream_runs_on_one_thread_however_gradio_advances_it(tiny_pipeline):
+    # The library conditions generation through thread-local state; Gradio calls next() on any
+    # free worker thread. Advance the handler from several threads, as Gradio may.
+    pipe = RecordingPipeline(tiny_pipeline)
+    cond_state = encoded(tiny_pipeline, [app.new_item("image", str(IMAGE))])
+    answer = app.stream_answer(pipe, [{"role": "user", "content": "hi"}], "", {**FAST, "max_new_tokens": 24}, cond_state)
+    with ThreadPoolExecutor(4) as pool:
+        while pool.submit(next, answer, None).result() is not None:
+            pass
+    assert len(pipe.threads) == 1
 
 
 def test_gradio6_message_parts_are_read_as_text():

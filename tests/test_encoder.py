@@ -53,7 +53,7 @@ def save(state: dict, folder, name: str = "weights.pth"):
 @pytest.mark.parametrize("modality", list(SAMPLES))
 def test_every_modality_encodes(encoder, modality):
     embedding = encoder.encode(modality, sample(modality))
-    assert embedding.shape == (64,) and embedding.dtype == torch.float32
+    assert embedding.shape == (1024,) and embedding.dtype == torch.float32
     assert torch.isfinite(embedding).all()
     if modality in LOGIT_SCALE:
         assert embedding.norm().item() == pytest.approx(LOGIT_SCALE[modality], rel=1e-5)
@@ -89,7 +89,7 @@ def test_video_is_the_mean_of_its_views(encoder):
 def test_encode_batch_equals_single_encodes(encoder):
     images = torch.stack([sample("image", seed) for seed in range(5)])
     batched = encoder.encode_batch("image", images, batch_size=2)
-    assert batched.shape == (5, 64)
+    assert batched.shape == (5, 1024)
     assert torch.allclose(batched, torch.stack([encoder.encode("image", x) for x in images]), atol=1e-5)
 
 

@@ -41,7 +41,7 @@ IMAGEBIND_PRESETS: dict[str, dict[str, Any]] = {
         out_embed_dim=1024, audio_drop_path=0.1, imu_drop_path=0.7,
     ),
     "tiny": dict(
-        out_embed_dim=64,
+        out_embed_dim=1024,  # the released width, so embeddings, caches and files are interchangeable
         **{f"{tower}_{arg}": value
            for tower in ("vision", "text", "audio", "depth", "thermal", "imu")
            for arg, value in _SMALL_TOWER.items()},

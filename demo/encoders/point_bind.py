@@ -57,7 +57,7 @@ class PointBindConfig:
             # About 38 k parameters, for tests and the offline demo.
             "tiny": cls(trans_dim=32, depth=2, num_heads=2, num_group=16, group_size=8,
                         encoder_dims=32, pointnet_dims=(16, 32, 64), pos_hidden=16,
-                        proj_dim=32, out_dim=64),
+                        proj_dim=32, out_dim=1024),
         }
         if name not in presets:
             raise KeyError(f"unknown point encoder preset {name!r}; known: {', '.join(presets)}")

@@ -1,0 +1,1 @@
+"""Command-line tools for weights: `python -m weights.download`, `.convert`, `.cache`."""
