@@ -29,9 +29,7 @@ import inspect
 import json
 import logging
 import os
-import queue
 import tempfile
-import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -226,6 +224,14 @@ def mix_key(mix: list[dict], cache: CacheConfig | None) -> str:
     return json.dumps([inputs, cache_part])
 
 
+def plain_message(exc: Exception, mix: list[dict]) -> str:
+    """The library's message with server-side upload paths replaced by the file names users know."""
+    message = str(exc)
+    for item in mix:
+        message = message.replace(item["path"], item["name"])
+    return message
+
+
 def encode_pruning_bad_inputs(pipe: ImageBindLLMPipeline, mix: list[dict], cache: CacheConfig | None):
     """Encode the mix. If it fails, find the inputs that fail on their own and drop them.
 
@@ -242,14 +248,15 @@ def encode_pruning_bad_inputs(pipe: ImageBindLLMPipeline, mix: list[dict], cache
                 pipe.encode(input_items([{**item, "weight": 1.0}]), cache=None)
             except DemoError as item_error:
                 bad.add(item["id"])
-                errors.append(f"{item['name']}: {item_error}")
+                message = plain_message(item_error, [item])
+                errors.append(message if item["name"] in message else f"{item['name']}: {message}")
         if not bad:
-            return None, mix, [str(whole_error)]
+            return None, mix, [plain_message(whole_error, mix)]
         kept = [item for item in mix if item["id"] not in bad]
         try:
             return pipe.encode(input_items(kept), cache=cache), kept, errors
         except DemoError as rest_error:
-            return None, kept, errors + [str(rest_error)]
+            return None, kept, errors + [plain_message(rest_error, kept)]
 
 
 @reports_errors
@@ -278,7 +285,10 @@ def ensure_conditioning(pipe: ImageBindLLMPipeline, mix: list[dict], cache_setti
     key = mix_key(mix, cache)
     if cond_state and cond_state["key"] == key and cond_state["cond"] is not None:
         return cond_state
-    return {"key": key, "cond": pipe.encode(input_items(mix), cache=cache), "error": None}
+    try:
+        return {"key": key, "cond": pipe.encode(input_items(mix), cache=cache), "error": None}
+    except DemoError as exc:
+        raise gr.Error(plain_message(exc, mix), title="Input error") from exc
 
 
 def mix_summary(mix: list[dict], cond: Conditioning | None, error: str | None = None) -> str:
@@ -401,51 +411,6 @@ def point_cloud_view(mix: list[dict]) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Streaming on one thread.
 # ---------------------------------------------------------------------------------------------
-def on_one_thread(make_stream: Callable[[], Iterator[str]], stop_wait_s: float = 30.0) -> Iterator[str]:
-    """Iterate `make_stream()` on one dedicated thread, passing its items to the caller.
-
-    Gradio advances a generator handler with each next() on whichever worker thread is free,
-    but the library's stream conditions the LLM through thread-local state set when it starts
-    (GatedInjection.active): resumed on another thread, it would generate unconditioned and leave
-    stale state behind. So the library's iterator lives on its own thread from start to close.
-    Closing this generator (Stop button, closed tab) stops the library's iterator after the
-    current token and waits for it, so the next request finds the model free.
-    """
-    handoff: queue.Queue = queue.Queue()
-    stop = threading.Event()
-
-    def produce() -> None:
-        stream = None
-        try:
-            stream = make_stream()
-            for delta in stream:
-                if stop.is_set():
-                    break
-                handoff.put(("delta", delta))
-            handoff.put(("done", None))
-        except BaseException as exc:  # handed to the caller, which raises it in the request
-            handoff.put(("error", exc))
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()  # on this thread, so the library undoes its thread-local state here
-
-    worker = threading.Thread(target=produce, name="ibllm-stream", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = handoff.get()
-            if kind == "delta":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
-        worker.join(stop_wait_s)
-
-
 # ---------------------------------------------------------------------------------------------
 # Chat: add the user's turn, stream the answer, regenerate, undo, clear.
 # ---------------------------------------------------------------------------------------------
@@ -486,9 +451,10 @@ def stream_answer(pipe: ImageBindLLMPipeline, chat: list[dict], input_text: str,
     question, history = message_text(chat[-1]), history_pairs(chat[:-1])
     config = generation_config(pipe, generation)
     answer = ""
-    for delta in on_one_thread(lambda: pipe.stream(question, cond_state["cond"], history=history,
-                                                   input_text=(input_text or "").strip() or None,
-                                                   generation=config)):
+    # Closing this generator (Stop, a closed tab) closes the library's stream after the current
+    # token. Gradio may resume it on another worker thread: the library conditions per step.
+    for delta in pipe.stream(question, cond_state["cond"], history=history,
+                             input_text=(input_text or "").strip() or None, generation=config):
         answer += delta
         yield chat + [{"role": "assistant", "content": answer}]
     if not answer:
@@ -548,14 +514,16 @@ def api_chat(pipe: ImageBindLLMPipeline, question: str, files: list[str] | None,
     if not (question or "").strip():
         raise gr.Error("question is empty")
     mix = [new_item(m, f, w) for f, m, w in zip(files, modalities, weights)]
-    cond = pipe.encode(input_items(mix), cache=cache_config(pipe, settings.get("cache")))
+    try:
+        cond = pipe.encode(input_items(mix), cache=cache_config(pipe, settings.get("cache")))
+    except DemoError as exc:
+        raise gr.Error(plain_message(exc, mix), title="Input error") from exc
     generation = {k: settings[k] for k in GENERATION_LIMITS if k in settings}
     config = generation_config(pipe, generation)
     history = [tuple(turn) for turn in (history or [])]
     answer = ""
-    for delta in on_one_thread(lambda: pipe.stream(question.strip(), cond, history=history,
-                                                   input_text=settings.get("input") or None,
-                                                   generation=config)):
+    for delta in pipe.stream(question.strip(), cond, history=history,
+                             input_text=settings.get("input") or None, generation=config):
         answer += delta
         yield answer
 
@@ -731,7 +699,7 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1,
                 example_table = gr.Examples([[row["question"], row["input"], row["title"]] for row in examples],
                             inputs=[question, input_text, example_title],
                             example_labels=[row["title"] for row in examples],
-                            label="Examples (click one, then Send)", examples_per_page=12)
+                            label="Examples (click one, then Send)", examples_per_page=len(examples))
 
         # ---------------- wiring ----------------
         refresh = functools.partial(refresh_conditioning, pipe)
@@ -800,30 +768,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Environment (used when the flag is not given; handy on Hugging Face Spaces): "
                "IBLLM_WEIGHTS (path) or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT "
                "(8bit|4bit), IBLLM_CACHE (cache path). On Spaces (SPACE_ID set) the app binds 0.0.0.0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--weights", default=env.get("IBLLM_WEIGHTS") or env.get("IBLLM_PRESET") or "tiny",
                        metavar="PATH_OR_PRESET",
                        help="converted weights folder, or a preset name; `tiny` is an offline random "
-                            "model for trying the UI (meaningless answers)")
+                            "model for trying the UI (meaningless answers). Default: $IBLLM_WEIGHTS, "
+                            "else $IBLLM_PRESET, else tiny")
     quant = model.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="8-bit LLaMA weights (bitsandbytes)")
     quant.add_argument("--load-in-4bit", action="store_true", help="4-bit LLaMA weights (bitsandbytes nf4)")
     model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                       help="compute dtype; auto picks float16 on GPU, float32 on CPU")
+                       help="compute dtype (default: auto, the library's choice for the device)")
     model.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: best available)")
     model.add_argument("--cache", default=env.get("IBLLM_CACHE"), metavar="PATH",
-                       help="visual cache index to load (default: none, cache off)")
+                       help="visual cache index to load (default: $IBLLM_CACHE, else none: cache off)")
     serve = parser.add_argument_group("serving")
     serve.add_argument("--host", default=None,
                        help="address to bind (default 127.0.0.1; 0.0.0.0 on Spaces). "
                             "Use --host 0.0.0.0 to accept other machines")
-    serve.add_argument("--port", type=int, default=int(env.get("PORT", 7860)))
+    serve.add_argument("--port", type=int, default=int(env.get("PORT", 7860)), help="default: $PORT or 7860")
     serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     serve.add_argument("--concurrency", type=int, default=1,
-                       help="encodes/generations that may run at once (all users together)")
-    serve.add_argument("--max-queue", type=int, default=32, help="requests that may wait; more are refused")
-    serve.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 50mb, 1gb")
+                       help="encodes/generations that may run at once, all users together (default: 1)")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests that may wait; more are refused (default: %(default)s)")
+    serve.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 50mb, 1gb (default: %(default)s)")
     args = parser.parse_args(argv)
     if not (args.load_in_8bit or args.load_in_4bit):
         quant_env = (env.get("IBLLM_QUANT") or "").lower()
@@ -837,11 +806,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_pipeline(args: argparse.Namespace) -> ImageBindLLMPipeline:
     quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
-    dtype = None
-    if args.dtype != "auto":
-        import torch
-
-        dtype = getattr(torch, args.dtype)
+    dtype = None if args.dtype == "auto" else args.dtype  # the library takes dtype names
     return ImageBindLLMPipeline.from_pretrained(args.weights, device=args.device, dtype=dtype,
                                                 quantization=quantization, cache_path=args.cache)
 
@@ -855,7 +820,12 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_demo(pipe, concurrency_limit=args.concurrency)
     demo.queue(max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=args.max_file_size, theme=gr.themes.Soft(), css=CSS)
+                max_file_size=args.max_file_size, **launch_style())
+
+
+def launch_style() -> dict:
+    """Theme and CSS: Gradio 6 takes them in launch(), not in Blocks()."""
+    return {"theme": gr.themes.Soft(), "css": CSS}
 
 
 CSS = """

@@ -11,7 +11,8 @@ could be the start of a stop string.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -57,10 +58,13 @@ def stream_tokens(
     config: GenerationConfig,
     state: GenerationState,
     stop_strings: tuple[str, ...] = (),
+    condition: Callable[[], AbstractContextManager] = nullcontext,
 ) -> Iterator[str]:
     """Yield text deltas of the answer to `prompt_ids`; `state` ends with the full answer.
 
-    The injected conditioning (if any) must be active in this thread (GatedInjection.active).
+    `condition()` is entered around every forward pass (e.g. the injection of this request's
+    terms). Entering it per step rather than once keeps the stream correct when a server resumes
+    the generator on another thread between tokens, as Gradio's worker pool does.
     """
     from transformers import DynamicCache
 
@@ -76,7 +80,8 @@ def stream_tokens(
     emitted = ""
     state.finish_reason = "length"
     for _ in range(int(config.max_new_tokens)):
-        logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]  # (V,)
+        with condition():
+            logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]  # (V,)
         token = sample_next(logits, config.temperature, config.top_p, generator)
         if token == eos:
             state.finish_reason = "eos"

@@ -34,8 +34,9 @@ class GatedInjection(nn.Module):
         self.gates = nn.Parameter(torch.zeros(num_layers, num_heads))  # (L, heads); zero = base LLM
         self.lora_v_a = nn.Parameter(torch.zeros(num_layers, lora_rank, dim))  # (L, r, D)
         self.lora_v_b = nn.Parameter(torch.zeros(num_layers, dim, lora_rank))  # (L, D, r)
-        # Per-request terms, read by the o_proj hooks; None means "no injection".
-        # Thread-local so concurrent requests never see each other's conditioning.
+        # Per-request terms, read by the o_proj hooks; None means "no injection". Thread-local so
+        # concurrent requests never see each other's conditioning; callers enter `active` around
+        # each forward pass (see generation.stream_tokens), never across a yield.
         self._local = threading.local()
         self._hooks: list = []
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .bind_network import BindNetwork
-from .convert import ADAPTER_NAME, CONFIG_NAME, FORMAT_VERSION
+from .convert import CONFIG_NAME, FORMAT_VERSION
 from .errors import WeightsError
 from .injection import GatedInjection
 

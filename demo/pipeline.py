@@ -16,6 +16,7 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,6 @@ class ImageBindLLMPipeline:
 
     def encode(self, inputs: Sequence[InputItem] = (), cache=None) -> Conditioning:
         """Weighted inputs -> Conditioning. No inputs: the blank image, as in training."""
-        from .cache import CacheConfig
 
         cache = (cache or self.cache_defaults).check()
         notes: list[str] = []
@@ -225,8 +225,8 @@ class ImageBindLLMPipeline:
         room = self.model.context_length - len(ids)
         config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
         state = state if state is not None else GenerationState()
-        with self.model.injection.active(conditioning.terms):
-            yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS)
+        condition = partial(self.model.injection.active, conditioning.terms)
+        yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS, condition)
 
     def __call__(
         self,

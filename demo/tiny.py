@@ -159,19 +159,24 @@ def tiny_adapter_state(
     return state
 
 
-def write_tiny_release(root: Path, seed: int = 0, with_encoder: bool = True) -> TinyRelease:
-    """Write every tiny release file under `root` (idempotent: existing files are kept)."""
+def write_tiny_release(
+    root: Path, seed: int = 0, with_encoder: bool = True, params: dict | None = None, vocab_size: int = TINY_VOCAB_SIZE
+) -> TinyRelease:
+    """Write every tiny release file under `root` (idempotent: existing files are kept).
+
+    `params` / `vocab_size` give other (Meta params.json) sizes, for benchmarks; the tokenizer stays
+    the tiny one, which is enough to convert and to feed token ids."""
     release = TinyRelease(Path(root))
     release.root.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     if not release.tokenizer.exists():
         write_tiny_tokenizer(release.tokenizer, seed)
-    params = dict(TINY_LLAMA_PARAMS)
+    params = dict(params or TINY_LLAMA_PARAMS)
     for folder, scale in ((release.llama_dir, 0.02), (release.delta_dir, 0.002)):
         if not (folder / "consolidated.00.pth").exists():
             folder.mkdir(exist_ok=True)
             (folder / "params.json").write_text(json.dumps(params))
-            state = tiny_meta_state(params, TINY_VOCAB_SIZE, generator, scale)
+            state = tiny_meta_state(params, vocab_size, generator, scale)
             if folder == release.delta_dir:  # a delta is a difference: norms near 0, no rotary table
                 state = {k: (v - 1 if "norm" in k else v) for k, v in state.items() if k != "rope.freqs"}
             torch.save(state, folder / "consolidated.00.pth")

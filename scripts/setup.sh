@@ -20,9 +20,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
-if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
-    echo "[setup] installing Debian chromium for the browser test"
+# System libraries: open3d needs libusb at import time; the browser test needs Chromium.
+apt_packages=()
+ldconfig -p | grep -q 'libusb-1.0.so.0' || apt_packages+=(libusb-1.0-0)
+[ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ] && apt_packages+=(chromium)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    echo "[setup] apt-get install ${apt_packages[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi

@@ -63,6 +63,6 @@ def app_url(tiny_pipeline):
     demo = app.build_demo(tiny_pipeline)
     demo.queue(max_size=16)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size="20mb", css=app.CSS)
+                max_file_size="20mb", **app.launch_style())
     yield f"http://127.0.0.1:{port}/"
     demo.close()

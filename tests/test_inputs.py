@@ -18,7 +18,8 @@ from PIL import Image
 
 from demo.errors import InputError
 from demo.inputs import LOADERS, InputLimits, load_input, tokenize_text
-from demo.inputs.audio import FBANK_MEAN, FBANK_STD, clip_start_times, waveform_to_fbank
+from demo.inputs.audio import FBANK_MEAN, FBANK_STD, waveform_to_fbank
+from demo.inputs.common import clip_start_times
 from demo.inputs.depth import BASELINE_M, FOCAL_PX
 from demo.inputs.image import CLIP_MEAN, CLIP_STD
 from demo.inputs.points import farthest_point_sample

@@ -27,7 +27,10 @@ def test_size_check_catches_partial_files(tmp_path):
 
 
 def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(WeightsError, match="copy it to the --dest folder as 7B.pth"):
         download.download_hub(download.FILES["adapter"], tmp_path)
 

@@ -2,12 +2,12 @@
 
     python -m weights.cache build --images photos/ --encoder-weights imagebind_huge.pth -o my.index
     python -m weights.cache build --embeddings feats_000.npy feats_001.npy --sources urls.txt -o my.index
-    python -m weights.cache compact knn.index knn-ivf-sq6.index
+    python -m weights.cache compact knn.index knn-ivf-sq8.index
 
 `build` writes a flat inner-product index of unit vectors and `<output>.sources.jsonl` (where each
 entry came from). It checkpoints as it goes: run the same command again to resume. `compact`
-re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 6-bit codes by default:
-about 0.19x the RAM, same entry ids (see benchmarks/bench_cache.py for the measured trade-offs).
+re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 8-bit codes by default:
+about a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures the trade-offs).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo.cache import CODECS, EMBED_DIM, build_from_embeddings, build_from_images, compact_index  # noqa: E402
+from demo.errors import DemoError  # noqa: E402
 from demo.modalities import get_modality  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shrink = commands.add_parser("compact", help="re-encode a cache as a compact IVF index (same ids, sidecar copied)")
     shrink.add_argument("source", type=Path, help="the cache index to read (mapped from disk, not loaded into RAM)")
     shrink.add_argument("output", type=Path, help="the compact index to write")
-    shrink.add_argument("--codec", choices=list(CODECS), default="SQ6", help="vector codes: SQ6 (default, 0.19x fp32), SQ8 (0.25x), SQ4, fp16")
+    shrink.add_argument("--codec", choices=list(CODECS), default="SQ8", help="vector codes: SQ8 (default, 0.25x fp32 RAM), SQ6 (0.19x, lower recall), SQ4, fp16")
     shrink.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     shrink.add_argument("--nprobe", type=int, default=32, help="lists searched per query, saved in the file (default 32)")
     shrink.add_argument("--train-size", type=int, default=None, help="vectors to train the lists on (default 39 * nlist)")
@@ -78,6 +79,13 @@ def imagebind_encoder(weights: Path, device: str | None) -> Callable[[list[str]]
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    try:
+        run(args)
+    except DemoError as error:  # bad inputs or files: the message says what to do, no traceback
+        sys.exit(f"error: {error}")
+
+
+def run(args: argparse.Namespace) -> None:
     progress = not args.no_progress
     if args.command == "compact":
         options = dict(codec=args.codec, nlist=args.nlist, nprobe=args.nprobe, train_size=args.train_size)

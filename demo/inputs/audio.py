@@ -8,12 +8,10 @@ pad/cut to 204 frames, normalise with AudioSet statistics.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import torch
 
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, require_finite
+from demo.inputs.common import Source, check_file, clip_start_times, require_finite
 from demo.inputs.limits import InputLimits
 
 SAMPLE_RATE = 16_000
@@ -24,17 +22,6 @@ TARGET_FRAMES = 204  # 2 s at a 10 ms shift gives 198 frames; ImageBind pads to 
 FRAME_LENGTH_MS, FRAME_SHIFT_MS = 25, 10
 FBANK_MEAN, FBANK_STD = -4.268, 9.138  # AudioSet log-mel statistics used by ImageBind
 MIN_SAMPLES = SAMPLE_RATE * FRAME_LENGTH_MS // 1000  # one fbank frame (400 samples)
-
-
-def clip_start_times(duration: float, clip_seconds: float, num_clips: int) -> list[Fraction]:
-    """Start times of pytorchvideo's ConstantClipsPerVideoSampler: i * max(D - clip, 0) / n.
-
-    Exact fractions, as pytorchvideo computes them, so that sample indices derived from them
-    (int(start * rate)) match ImageBind's to the sample. Clips reach past the end when the
-    input is shorter than one clip; then every clip starts at 0.
-    """
-    step = Fraction(max(duration - clip_seconds, 0)) / num_clips
-    return [step * i for i in range(num_clips)]
 
 
 def waveform_to_fbank(clip: torch.Tensor) -> torch.Tensor:

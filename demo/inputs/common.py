@@ -1,8 +1,9 @@
-"""Checks shared by every loader: is the source a usable file, are its values finite."""
+"""Shared by the loaders: is the source a usable file, are its values finite, where clips start."""
 
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -62,3 +63,14 @@ def require_finite(values: np.ndarray | torch.Tensor, name: str) -> None:
     finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
     if not bool(finite.all()):
         raise InputError(f"{name}: contains NaN or infinite values")
+
+
+def clip_start_times(duration: float, clip_seconds: float, num_clips: int) -> list[Fraction]:
+    """Start times of pytorchvideo's ConstantClipsPerVideoSampler: i * max(D - clip, 0) / n.
+
+    Exact fractions, as pytorchvideo computes them, so that sample indices derived from them
+    (int(start * rate)) match ImageBind's to the sample. Clips reach past the end when the
+    input is shorter than one clip; then every clip starts at 0.
+    """
+    step = Fraction(max(duration - clip_seconds, 0)) / num_clips
+    return [step * i for i in range(num_clips)]

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from demo.errors import InputError
-from demo.inputs.audio import clip_start_times
-from demo.inputs.common import Source, check_file
+from demo.inputs.common import Source, check_file, clip_start_times
 from demo.inputs.image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
 from demo.inputs.limits import InputLimits
 
