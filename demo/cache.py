@@ -229,7 +229,7 @@ def _check_index(index: "faiss.Index", dim: int) -> None:
     if index.ntotal == 0:
         raise WeightsError("the cache index is empty")
     # Probe with a fixed random unit query: the scores, read as similarities, must be the inner
-    # products with the returned vectors, and those vectors must be unit-norm.
+    # products with the vectors the index gives back.
     probe = _normalise(np.random.default_rng(0).standard_normal((1, dim))).astype(np.float32)  # [1, D]
     try:
         scores, ids, vectors = index.search_and_reconstruct(probe, min(8, index.ntotal))  # [1, k], [1, k], [1, k, D]
@@ -237,18 +237,23 @@ def _check_index(index: "faiss.Index", dim: int) -> None:
         raise WeightsError(f"the cache index cannot give back its vectors ({str(error).splitlines()[0]})") from None
     found = ids[0] >= 0
     vectors = vectors[0, found]  # [n, D]
-    norms = np.linalg.norm(vectors, axis=1)
-    if np.any(np.abs(norms - 1.0) > _PROBE_TOLERANCE):
+    norms = np.linalg.norm(vectors, axis=1)  # [n]
+    unit = bool(np.all(np.abs(norms - 1.0) <= _PROBE_TOLERANCE))
+    if index.metric_type == faiss.METRIC_L2 and not unit:
         raise WeightsError(
-            f"the cache vectors are not unit-norm (norms {norms.min():.3f}..{norms.max():.3f}), so their scores are "
-            "not cosine similarities; rebuild the cache with `python -m weights.cache build`, which normalises"
+            f"the cache is an L2 index of vectors that are not unit-norm (norms {norms.min():.3f}..{norms.max():.3f}), "
+            "so its distances cannot be turned into similarities; rebuild it with `python -m weights.cache build`, which normalises"
         )
     sims = _similarities(index.metric_type, scores[:, found], probe)[0]  # [n]
-    if np.any(np.abs(sims - vectors @ probe[0]) > _PROBE_TOLERANCE):
+    if np.any(np.abs(sims - vectors @ probe[0]) > _PROBE_TOLERANCE * np.maximum(norms, 1.0)):
         raise WeightsError(
-            f"the cache index's scores (metric {index.metric_type}) are not similarities of its own vectors; "
-            "only flat-style inner-product or L2 scores are supported"
+            f"the cache index's scores (metric {index.metric_type}) are not inner products with its own vectors; "
+            "only plain inner-product or L2 indexes (flat, IVF, HNSW, with or without quantisation) are supported"
         )
+    if not unit:
+        # Inner products of non-unit vectors still follow the formula (the original demo uses them
+        # as they are), but they are not cosines: the temperature then means something else.
+        logger.warning("visual cache vectors are not unit-norm (norms %.3f..%.3f); scores are raw inner products", norms.min(), norms.max())
 
 
 # ---------------------------------------------------------------------------------------------

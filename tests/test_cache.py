@@ -199,18 +199,35 @@ def test_load_errors(tmp_path):
         VisualCache.from_index(tmp_path / "ok.index", dim=D)
 
 
+def id_mapped(vectors: np.ndarray) -> faiss.Index:
+    """Custom ids without a reverse map: faiss cannot reconstruct by id."""
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(D))
+    index.add_with_ids(vectors, np.arange(len(vectors)) + 1000)
+    return index
+
+
 @pytest.mark.parametrize(
     "index, message",
     [
         (flat_index(clustered(40), faiss.METRIC_L1), "metric"),
-        (flat_index(clustered(40) * 2.0), "not unit-norm"),  # inner products, but not cosines
-        (flat_index(clustered(40) * 2.0, faiss.METRIC_L2), "not unit-norm"),
+        (flat_index(clustered(40) * 2.0, faiss.METRIC_L2), "not unit-norm"),  # distances -> sims needs unit vectors
+        (id_mapped(clustered(40)), "cannot give back its vectors"),
         (faiss.IndexFlatIP(D), "empty"),
     ],
 )
 def test_unusable_indexes_are_refused(index, message):
     with pytest.raises(WeightsError, match=message):
         VisualCache(index, dim=D)
+
+
+def test_non_unit_inner_product_cache_is_used_as_the_original_does(caplog):
+    vectors = clustered(40) * 2.0
+    with caplog.at_level("WARNING"):
+        cache = VisualCache(flat_index(vectors), dim=D)
+    assert "not unit-norm" in caplog.text
+    query = clustered(1, seed=3)[0].astype(np.float64)
+    expected, _, _ = numpy_blend(vectors, query, 10, 20.0, 0.5)
+    np.testing.assert_allclose(cache.retrieve(torch.from_numpy(query)).embedding.numpy(), expected, atol=1e-5)
 
 
 def test_retrieve_input_errors():
