@@ -12,8 +12,10 @@ Its scores are used as similarities, so the metric matters:
 - inner product: the score is <v, x>, used as it is (this is what the original demo does);
 - L2: faiss returns squared distances d = |v - x|^2 = |v|^2 + 1 - 2 <v, x> for a unit x, so
   <v, x> = (|v|^2 + 1 - d) / 2 (= 1 - d / 2 for a unit query). Both metrics give the same blend.
-Loading checks this: the scores of a probe query must equal the inner products with the vectors
-the index gives back, else the index is refused (wrong metric, or vectors that are not unit).
+Loading checks this with a probe query: its scores, read as above, must equal the inner products
+with the vectors the index gives back, else the index is refused (wrong metric, an L2 index of
+non-unit vectors, an index that cannot give back vectors). Non-unit vectors in an inner-product
+index are used as they are, as the original demo would, with a warning.
 
 Files: the index (any faiss index that can give back its vectors) and, next to it, a sidecar
 `<index>.sources.jsonl` with one line `{"source": ...}` per entry (image path, URL or caption;
@@ -285,27 +287,30 @@ def build_from_embeddings(
 
     `sources` gives one source per row (URL or caption); without it a row's source is `file.npy[row]`.
     """
-    arrays = [np.load(f, mmap_mode="r") for f in files]  # mapped: only the rows being copied are read
+    arrays = [_load_npy(f) for f in files]
     for f, array in zip(files, arrays):
         if array.ndim not in (1, 2) or array.shape[-1] != dim:
             raise InputError(f"{f}: expected embeddings of shape [n, {dim}] or [{dim}], got {array.shape}")
     arrays = [a.reshape(-1, dim) for a in arrays]
+    names = [f"{f}[{row}]" for f, a in zip(files, arrays) for row in range(len(a))]
+    if sources is not None and len(sources) != len(names):
+        raise InputError(f"{len(sources)} sources were given for {len(names)} embedding rows")
     starts = np.cumsum([0] + [len(a) for a in arrays])  # [F + 1] first row of each file
-    total = int(starts[-1])
-    if sources is not None and len(sources) != total:
-        raise InputError(f"{len(sources)} sources were given for {total} embedding rows")
 
-    def read(start: int, stop: int) -> tuple[np.ndarray, list[str | None]]:
-        parts, names = [], []
-        for file, array in enumerate(arrays):  # the slices of [start, stop) that fall in each file
-            lo, hi = max(start, starts[file]), min(stop, starts[file + 1])
-            if lo < hi:
-                rows = range(lo - starts[file], hi - starts[file])
-                parts.append(array[rows.start : rows.stop])  # [hi - lo, D]
-                names.extend(sources[lo:hi] if sources is not None else [f"{files[file]}[{row}]" for row in rows])
-        return np.concatenate(parts), names  # [stop - start, D]
+    def read(start: int, stop: int) -> np.ndarray:
+        parts = [  # the slices of rows [start, stop) that fall in each file
+            a[max(start, lo) - lo : min(stop, hi) - lo] for a, lo, hi in zip(arrays, starts[:-1], starts[1:]) if max(start, lo) < min(stop, hi)
+        ]
+        return np.concatenate(parts)  # [stop - start, D]
 
-    return _build(read, total, output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
+    return _build(read, names if sources is None else list(sources), output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
+
+
+def _load_npy(path: str | os.PathLike) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")  # mapped: only the rows being copied are read
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: cannot read it as a .npy array ({error})") from None
 
 
 def build_from_images(
@@ -320,16 +325,12 @@ def build_from_images(
 ) -> Path:
     """Build a flat cache from images; `encode_images(paths) -> [n, D]` is the image encoder."""
     paths = [str(p) for p in paths]
-
-    def read(start: int, stop: int) -> tuple[np.ndarray, list[str | None]]:
-        return np.asarray(encode_images(paths[start:stop])), paths[start:stop]
-
-    return _build(read, len(paths), output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
+    return _build(lambda start, stop: np.asarray(encode_images(paths[start:stop])), paths, output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
 
 
 def _build(
-    read: Callable[[int, int], tuple[np.ndarray, list[str | None]]],
-    total: int,
+    read: Callable[[int, int], np.ndarray],
+    sources: Sequence[str | None],
     output: str | os.PathLike,
     *,
     dim: int,
@@ -337,37 +338,27 @@ def _build(
     checkpoint_every: int,
     progress: bool,
 ) -> Path:
-    """Write entries [0, total) through `read(start, stop)`, resuming from the last checkpoint.
+    """Write entries `read(start, stop) -> [n, D]` with their `sources`, resuming from the last checkpoint.
 
-    Work in progress lives in `<output>.partial.f32` (raw rows), `<output>.partial.jsonl` (sources)
-    and `<output>.partial.json` (what is being built). Both data files are append-only and written
-    in the same order, so after a crash the entries present in both are complete.
+    Work in progress lives in `<output>.partial.f32` (raw rows) and `<output>.partial.jsonl`
+    (sources). Both are append-only and written in the same order, so after a crash the entries
+    present in both are complete. A run resumes when those entries' sources are the start of its
+    own: images can be added to the end of the list, or one that failed can be moved away.
     """
+    total = len(sources)
     if total == 0:
         raise InputError("nothing to build the cache from: no images or embedding rows were given")
     output = Path(output)
-    rows_path, sources_tmp, manifest_path = (output.with_name(output.name + s) for s in (".partial.f32", ".partial.jsonl", ".partial.json"))
-    manifest = {"dim": dim, "total": total}
-    done = 0
-    if manifest_path.is_file():
-        if json.loads(manifest_path.read_text()) != manifest:
-            raise InputError(
-                f"{manifest_path} belongs to a build with other inputs ({manifest_path.read_text()}); "
-                f"pass the same inputs to resume, or delete {output.name}.partial.* to start over"
-            )
-        done = _truncate_to_common(rows_path, sources_tmp, dim)
-        logger.info("resuming the cache build at entry %d of %d", done, total)
-    else:
-        manifest_path.write_text(json.dumps(manifest))
+    rows_path, sources_tmp = output.with_name(output.name + ".partial.f32"), output.with_name(output.name + ".partial.jsonl")
+    done = _resume(rows_path, sources_tmp, sources, dim)
 
     bar = tqdm(total=total, initial=done, desc="building cache", unit="entry", disable=not progress)
     with bar, open(rows_path, "ab") as rows_file, open(sources_tmp, "a", encoding="utf-8") as sources_file:
         since_checkpoint = 0
         for start in range(done, total, batch_size):
             stop = min(start + batch_size, total)
-            vectors, names = read(start, stop)
-            rows_file.write(_unit_rows(vectors, stop - start, dim, start).tobytes())
-            sources_file.writelines(json.dumps({"source": name}) + "\n" for name in names)
+            rows_file.write(_unit_rows(read(start, stop), stop - start, dim, start).tobytes())
+            sources_file.writelines(json.dumps({"source": name}) + "\n" for name in sources[start:stop])
             since_checkpoint += stop - start
             bar.update(stop - start)
             if since_checkpoint >= checkpoint_every:
@@ -383,7 +374,6 @@ def _build(
     os.replace(tmp, output)
     os.replace(sources_tmp, sources_path(output))
     rows_path.unlink()
-    manifest_path.unlink()
     return output
 
 
@@ -399,19 +389,27 @@ def _unit_rows(vectors: np.ndarray, expected: int, dim: int, start: int) -> np.n
     return vectors / norms
 
 
-def _truncate_to_common(rows_path: Path, sources_tmp: Path, dim: int) -> int:
-    """Cut both partial files back to the entries complete in both; return how many that is."""
-    row_bytes = 4 * dim
-    rows = rows_path.stat().st_size // row_bytes if rows_path.is_file() else 0
-    lines: list[str] = []
-    if sources_tmp.is_file():
-        with open(sources_tmp, encoding="utf-8") as f:
-            lines = [line for line in f if line.endswith("\n")]  # a torn last line is dropped
-    done = min(rows, len(lines))
+def _resume(rows_path: Path, sources_tmp: Path, sources: Sequence[str | None], dim: int) -> int:
+    """How many entries an earlier run finished; both partial files are cut back to that many."""
+    if not sources_tmp.is_file():
+        rows_path.unlink(missing_ok=True)
+        return 0
+    with open(sources_tmp, encoding="utf-8") as f:
+        lines = [line for line in f if line.endswith("\n")]  # a torn last line is dropped
+    done = min(rows_path.stat().st_size // (4 * dim) if rows_path.is_file() else 0, len(lines))
+    for entry, line in enumerate(lines[:done]):
+        if entry >= len(sources) or json.loads(line)["source"] != sources[entry]:
+            now = sources[entry] if entry < len(sources) else "nothing"
+            raise InputError(
+                f"{sources_tmp} is an unfinished build with other inputs (entry {entry} was {json.loads(line)['source']!r}, "
+                f"now {now!r}): pass the same inputs to resume, or delete {sources_tmp.name} to start over"
+            )
     with open(rows_path, "ab") as f:
-        f.truncate(done * row_bytes)
+        f.truncate(done * 4 * dim)
     with open(sources_tmp, "w", encoding="utf-8") as f:
         f.writelines(lines[:done])
+    if done:
+        logger.info("resuming the cache build at entry %d of %d", done, len(sources))
     return done
 
 

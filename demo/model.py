@@ -7,6 +7,7 @@ bf16 or quantised to 8-bit / 4-bit through bitsandbytes, placed by accelerate's 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -92,6 +93,9 @@ class ImageBindLLM(nn.Module):
                 raise ValueError(f"unknown quantization {quantization!r}; choose one of {sorted(QUANTIZATION)}")
             if dtype == torch.float32 and device.type == "cuda":
                 dtype = kwargs["dtype"] = torch.float16
+            # bitsandbytes warns on every int8 matmul that fp32 activations are cast to fp16:
+            # expected on CPU, and it would flood the log once per layer per token.
+            warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 **QUANTIZATION[quantization], bnb_4bit_compute_dtype=dtype, llm_int8_skip_modules=["lm_head"]
             )

@@ -162,12 +162,17 @@ def test_build_from_images_resumes_after_a_crash(tmp_path):
     assert resumed.sources == once.sources == paths
 
 
-def test_resume_with_other_inputs_is_refused(tmp_path):
+def test_resume_with_other_inputs_is_refused_but_appending_is_fine(tmp_path):
     paths = [str(tmp_path / f"img_{i}.jpg") for i in range(8)]
     with pytest.raises(KeyboardInterrupt):
-        build_from_images(paths, fake_encoder([], fail_after=1), tmp_path / "c.index", dim=D, batch_size=2, progress=False)
-    with pytest.raises(InputError, match="other inputs"):
-        build_from_images(paths[:5], fake_encoder([]), tmp_path / "c.index", dim=D, batch_size=2, progress=False)
+        build_from_images(paths, fake_encoder([], fail_after=2), tmp_path / "c.index", dim=D, batch_size=2, progress=False)
+    for other in (paths[:3], paths[1:] + paths[:1]):  # fewer images than were done; another order
+        with pytest.raises(InputError, match="other inputs"):
+            build_from_images(other, fake_encoder([]), tmp_path / "c.index", dim=D, batch_size=2, progress=False)
+    calls: list[list[str]] = []
+    more = paths + [str(tmp_path / "img_8.jpg")]
+    build_from_images(more, fake_encoder(calls), tmp_path / "c.index", dim=D, batch_size=2, progress=False)
+    assert calls[0][0] == paths[4] and VisualCache.from_index(tmp_path / "c.index", dim=D).sources == more
 
 
 def test_build_input_errors(tmp_path):
@@ -177,6 +182,9 @@ def test_build_input_errors(tmp_path):
     np.save(tmp_path / "zero.npy", np.zeros((2, D), np.float32))
     with pytest.raises(InputError, match="entry 0"):
         build_from_embeddings([tmp_path / "zero.npy"], tmp_path / "z.index", dim=D, progress=False)
+    (tmp_path / "text.npy").write_text("not an array")
+    with pytest.raises(InputError, match="text.npy"):
+        build_from_embeddings([tmp_path / "text.npy"], tmp_path / "t.index", dim=D, progress=False)
     with pytest.raises(InputError, match="shape|expected"):
         build_from_images(["x_1.jpg"], lambda paths: np.ones((1, D + 1)), tmp_path / "i.index", dim=D, progress=False)
 

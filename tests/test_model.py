@@ -100,3 +100,17 @@ def test_quantized_generates_with_injection(tiny_converted, quantization):
     with model.injection.active(terms):
         text = "".join(stream_tokens(model.llm, model.tokenizer, tokens[0].tolist(), GenerationConfig(max_new_tokens=12, temperature=0), state, STOP_STRINGS))
     assert text == state.text and (state.token_ids or state.finish_reason == "eos")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_loads_and_stays_close(tiny_converted, tiny_model, dtype):
+    model = ImageBindLLM.from_pretrained(tiny_converted, device="cpu", dtype=dtype)
+    assert model.llm.model.embed_tokens.weight.dtype == getattr(torch, dtype)
+    tokens = _tokens(model)
+    embedding = torch.randn(1, model.bind.proj.in_features, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with model.injection.active(model.conditioning_terms(embedding)):
+            half = model.llm(input_ids=tokens).logits.float()
+        with tiny_model.injection.active(tiny_model.conditioning_terms(embedding)):
+            full = tiny_model.llm(input_ids=tokens).logits
+    assert (half - full).abs().max() < 0.05 * full.abs().max()

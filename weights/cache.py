@@ -5,7 +5,8 @@
     python -m weights.cache compact knn.index knn-ivf-sq8.index
 
 `build` writes a flat inner-product index of unit vectors and `<output>.sources.jsonl` (where each
-entry came from). It checkpoints as it goes: run the same command again to resume. `compact`
+entry came from). It checkpoints as it goes: run the same command again to resume (an unreadable
+image stops the build and is named: move it away, then resume; new images may be added). `compact`
 re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 8-bit codes by default:
 about a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures the trade-offs).
 """
