@@ -498,19 +498,35 @@ def api_chat(pipe: ImageBindLLMPipeline, question: str, files: list[str] | None,
     {"max_new_tokens", "temperature", "top_p", "input", "cache": {"enabled", "k", "temperature",
     "weight"}}.
     """
+    # Arguments arrive as arbitrary JSON from any client: check every shape here, so a malformed
+    # call gets a message naming the argument instead of an "unexpected server error".
+    if not isinstance(settings or {}, dict):
+        raise gr.Error("settings must be a JSON object, e.g. {\"max_new_tokens\": 64}")
     files, settings = list(files or []), dict(settings or {})
     if isinstance(modalities, str):
         modalities = [modalities] * len(files)
     modalities = list(modalities or [])
-    weights = [1.0] * len(files) if weights is None else [float(w) for w in weights]
+    weights = [1.0] * len(files) if weights is None else list(weights)
     if not (len(modalities) == len(weights) == len(files)):
         raise gr.Error(f"got {len(files)} files, {len(modalities)} modalities and {len(weights)} "
                        "weights: give one modality and one weight per file")
     if len(files) > MAX_INPUTS:
         raise gr.Error(f"at most {MAX_INPUTS} files per request")
-    unknown = sorted(set(modalities) - set(MODALITIES))
+    unknown = sorted({str(m) for m in modalities} - set(MODALITIES))
     if unknown:
         raise gr.Error(f"unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}")
+    low, high = WEIGHT_RANGE[:2]
+    for path, weight in zip(files, weights):
+        # `not low <= w <= high` also refuses NaN; bool is an int but not a weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not low <= weight <= high:
+            raise gr.Error(f"{Path(path).name}: weight {weight!r} is not a number in [{low:g}, {high:g}]")
+    weights = [float(w) for w in weights]
+    history = list(history or [])
+    if not all(isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+               for turn in history):
+        raise gr.Error("history must be a list of [question, answer] pairs of strings")
+    if not isinstance(settings.get("input") or "", str):
+        raise gr.Error("settings.input must be a string")
     if not (question or "").strip():
         raise gr.Error("question is empty")
     mix = [new_item(m, f, w) for f, m, w in zip(files, modalities, weights)]
@@ -520,7 +536,7 @@ def api_chat(pipe: ImageBindLLMPipeline, question: str, files: list[str] | None,
         raise gr.Error(plain_message(exc, mix), title="Input error") from exc
     generation = {k: settings[k] for k in GENERATION_LIMITS if k in settings}
     config = generation_config(pipe, generation)
-    history = [tuple(turn) for turn in (history or [])]
+    history = [tuple(turn) for turn in history]
     answer = ""
     for delta in pipe.stream(question.strip(), cond, history=history,
                              input_text=settings.get("input") or None, generation=config):
@@ -652,8 +668,10 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1,
                                      buttons=["copy", "copy_all"], feedback_options=None,
                                      placeholder="Add inputs on the left (optional), then ask a question.")
                 with gr.Row():
+                    # max_length only stops typing in the browser; the library enforces the limit.
                     question = gr.Textbox(placeholder="Ask about the inputs…", show_label=False,
-                                          scale=8, lines=1, max_lines=6, elem_id="question", autofocus=True)
+                                          scale=8, lines=1, max_lines=6, elem_id="question", autofocus=True,
+                                          max_length=pipe.limits.prompt_max_chars)
                     send_btn = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, min_width=80, elem_id="stop")
                 with gr.Row():
@@ -661,7 +679,8 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1,
                     undo_btn = gr.Button("↩️ Undo", size="sm")
                     clear_btn = gr.Button("🗑️ Clear chat", size="sm")
                 input_text = gr.Textbox(label="Optional “input” field (context for the instruction, "
-                                              "the second prompt template)", lines=1, elem_id="input-text")
+                                              "the second prompt template)", lines=1, elem_id="input-text",
+                                        max_length=pipe.limits.prompt_max_chars)
 
                 with gr.Accordion("Generation settings", open=False):
                     gen_controls = {

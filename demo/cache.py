@@ -455,8 +455,10 @@ def compact(
     out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
     sample = np.sort(np.random.default_rng(0).choice(total, train_size, replace=False))  # [train_size]
     out.train(index.reconstruct_batch(sample))  # [train_size, D]
-    for start in tqdm(range(0, total, batch_size), desc="compacting cache", unit="batch", disable=not progress):
-        out.add(index.reconstruct_n(start, min(batch_size, total - start)))  # [batch, D]; ids continue in order
+    with tqdm(total=total, desc="compacting cache", unit="entry", disable=not progress) as bar:
+        for start in range(0, total, batch_size):
+            out.add(index.reconstruct_n(start, min(batch_size, total - start)))  # [batch, D]; ids continue in order
+            bar.update(min(batch_size, total - start))
     out.nprobe = nprobe  # saved in the file
     return out
 

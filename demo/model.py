@@ -85,6 +85,7 @@ class ImageBindLLM(nn.Module):
 
         folder = Path(folder)
         meta = read_folder_config(folder)
+        check_complete(folder, meta)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         kwargs: dict = {"dtype": dtype}
@@ -103,7 +104,8 @@ class ImageBindLLM(nn.Module):
         # full-size copy in RAM first. "auto" spreads over several GPUs when present.
         kwargs["device_map"] = device_map if device_map is not None else {"": str(device)}
         llm_dir = folder / meta["llm"]
-        llm = LlamaForCausalLM.from_pretrained(llm_dir, **kwargs).eval()
+        # use_safetensors: never fall back to unpickling a stray pytorch_model.bin in the folder.
+        llm = LlamaForCausalLM.from_pretrained(llm_dir, use_safetensors=True, **kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(llm_dir)
 
         state = load_file(str(folder / meta["adapter"]))
@@ -124,6 +126,12 @@ class ImageBindLLM(nn.Module):
         return cls(llm, tokenizer, bind.eval(), injection.eval())
 
 
+INCOMPLETE_FIX = (
+    "The converted folder is incomplete or damaged (an interrupted conversion or copy): convert again "
+    "into an empty folder (`python -m weights.convert --help`) or copy the whole folder again."
+)
+
+
 def read_folder_config(folder: Path) -> dict:
     path = Path(folder) / CONFIG_NAME
     if not path.exists():
@@ -131,10 +139,44 @@ def read_folder_config(folder: Path) -> dict:
             f"{folder} is not a converted ImageBind-LLM folder (no {CONFIG_NAME}). "
             "Run `python weights/convert.py --help` to make one from the released files."
         )
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}). {INCOMPLETE_FIX}") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise WeightsError(f"{path}: format version {meta.get('format_version')} is not {FORMAT_VERSION}; convert again")
     return meta
+
+
+def check_complete(folder: Path, meta: dict) -> None:
+    """Refuse, with the fix, a converted folder whose weight files are missing or cut short.
+
+    Without this check transformers and safetensors fail deep inside loading with messages that
+    do not say what to do. A safetensors header records every tensor's byte range, so opening a
+    file (header only, no tensor data read) detects truncation cheaply even for 14 GB.
+    """
+    from safetensors import safe_open
+
+    llm_dir = folder / meta["llm"]
+    files = [folder / meta["adapter"]]
+    index = llm_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            files += sorted({llm_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
+        except (ValueError, KeyError, AttributeError) as exc:
+            raise WeightsError(f"{index} is not a valid shard index ({exc!r}). {INCOMPLETE_FIX}") from None
+    else:
+        files += sorted(llm_dir.glob("*.safetensors"))
+    if len(files) == 1:
+        raise WeightsError(f"{llm_dir} holds no *.safetensors weights. {INCOMPLETE_FIX}")
+    for path in files:
+        if not path.is_file():
+            raise WeightsError(f"{path} is missing. {INCOMPLETE_FIX}")
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # SafetensorError, OSError: the header does not match the file
+            raise WeightsError(f"{path} is truncated or damaged ({exc}). {INCOMPLETE_FIX}") from None
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:

@@ -169,7 +169,10 @@ class ImageBindLLMPipeline:
             if cache.enabled and self.cache is None:
                 notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
             elif cache.enabled:
-                neighbours = self.cache.retrieve(embedding, k=cache.k, temperature=cache.temperature, weight=cache.weight)
+                k = min(int(cache.k), self.cache.index.ntotal)  # a small home-made cache has fewer than k
+                if k < cache.k:
+                    notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+                neighbours = self.cache.retrieve(embedding, k=k, temperature=cache.temperature, weight=cache.weight)
                 embedding = neighbours.embedding
         terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
         return Conditioning(embedding, terms, mix, neighbours, notes)
@@ -192,7 +195,19 @@ class ImageBindLLMPipeline:
         tokenizer = self.model.tokenizer
         context = self.model.context_length
         history = list(history)
-        for dropped in range(len(history) + 1):
+        limit = self.limits.prompt_max_chars
+        own = len(question) + len(input_text or "")
+        if own > limit:
+            what = "the question and input are" if input_text else "the question is"
+            raise PromptTooLongError(
+                f"{what} {own} characters long, over the limit of {limit}. Shorten it by at least {own - limit} characters."
+            )
+        # Turns that do not fit the character budget cannot fit the context either: skip them
+        # without tokenising (the loop below tokenises the whole prompt once per dropped turn).
+        first, budget = len(history), limit - own
+        while first > 0 and (budget := budget - sum(map(len, history[first - 1]))) >= 0:
+            first -= 1
+        for dropped in range(first, len(history) + 1):
             text = format_prompt(question, input_text, history[dropped:])
             ids = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
             if len(ids) + max_new_tokens <= context:

@@ -264,3 +264,16 @@ def test_cache_off_and_config(tmp_path):
     faiss.write_index(flat_index(clustered(40)), str(tmp_path / "ok.index"))
     cache = VisualCache.from_config(CacheConfig(enabled=True, index_path=str(tmp_path / "ok.index")), dim=D)
     assert cache.describe().startswith("on: 40 entries")
+
+
+def test_command_line_build_and_compact(tmp_path, capsys):
+    from weights.cache import main
+
+    np.save(tmp_path / "a.npy", clustered(64))
+    (tmp_path / "captions.txt").write_text("".join(f"caption {i}\n" for i in range(64)))
+    main(["build", "--embeddings", str(tmp_path / "a.npy"), "--sources", str(tmp_path / "captions.txt"), "-o", str(tmp_path / "c.index"), "--dim", str(D), "--no-progress"])
+    main(["compact", str(tmp_path / "c.index"), str(tmp_path / "s.index"), "--nlist", "4", "--dim", str(D), "--no-progress"])
+    small = VisualCache.from_index(tmp_path / "s.index", dim=D)
+    assert faiss.extract_index_ivf(small.index).nprobe == 32 and small.sources[63] == "caption 63"
+    with pytest.raises(SystemExit, match="error: .*not found"):
+        main(["compact", str(tmp_path / "missing.index"), str(tmp_path / "x.index"), "--no-progress"])

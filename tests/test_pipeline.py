@@ -102,6 +102,8 @@ def test_cache_on_pulls_toward_cached_features(pipe, tmp_path):
         assert on.neighbours is not None and on.neighbours.ids.shape == (1, 5)
         assert not torch.allclose(on.embedding, off.embedding)
         assert abs(on.embedding.norm().item() - 1) < 1e-5  # the cache re-normalises
+        small = pipe.encode(item, CacheConfig(enabled=True, k=80))  # more than the 50 entries
+        assert small.neighbours.ids.shape == (1, 50) and "using k=50" in small.notes[0]
     finally:
         pipe.cache = None
     noted = pipe.encode(item, CacheConfig(enabled=True, index_path="x"))

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo.cache import CODECS, EMBED_DIM, build_from_embeddings, build_from_images, compact_index  # noqa: E402
-from demo.errors import DemoError  # noqa: E402
-from demo.modalities import get_modality  # noqa: E402
+if __package__ in (None, ""):  # run as a script: python weights/cache.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.cache import CODECS, EMBED_DIM, build_from_embeddings, build_from_images, compact_index
+from demo.errors import DemoError
+from demo.modalities import get_modality
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

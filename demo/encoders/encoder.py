@@ -15,7 +15,6 @@ available, else CPU in float32.
 from __future__ import annotations
 
 import json
-import pickle
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -260,8 +259,12 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         except RuntimeError:
             # mmap needs the zip format of torch >= 1.6; older files are read into memory.
             loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as exc:
-        raise WeightsError(f"cannot read {path} as a torch state dict ({exc}); is the download complete?") from exc
+    except Exception as exc:  # damaged files raise RuntimeError, EOFError, IndexError, UnpicklingError...
+        raise WeightsError(
+            f"cannot read {path} as a torch state dict: the file is incomplete or damaged (an interrupted "
+            "download?). Download it again: `python -m weights.download imagebind-3d` (or imagebind-huge) "
+            f"resumes and checks the size. Details: {exc}"
+        ) from exc
     # Checkpoints are sometimes wrapped: {"model": {...}} or {"state_dict": {...}}.
     while isinstance(loaded, Mapping) and len(loaded) == 1 and isinstance(next(iter(loaded.values())), Mapping):
         loaded = next(iter(loaded.values()))

@@ -8,6 +8,7 @@ Aliasing the old name is the one compatibility line the install needs.
 from __future__ import annotations
 
 import sys
+import warnings
 
 
 def import_imagebind_model():
@@ -16,7 +17,11 @@ def import_imagebind_model():
 
     sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
     try:
-        from imagebind.models import imagebind_model
+        with warnings.catch_warnings():
+            # imagebind's package __init__ imports pkg_resources (setuptools<81), which warns
+            # on every start; the pin in requirements.txt is the fix, the warning is noise.
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+            from imagebind.models import imagebind_model
     except ImportError as exc:  # say which package to install, not just the traceback
         raise ImportError(
             f"ImageBind could not be imported ({exc}). Install the pinned requirements: "

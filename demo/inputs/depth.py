@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path
+from demo.inputs.common import Source, check_file, describe, is_path, load_npy
 from demo.inputs.image import IMAGE_SIZE, open_raster
 from demo.inputs.limits import InputLimits
 
@@ -40,10 +40,7 @@ def read_depth_metres(source: Source, limits: InputLimits) -> np.ndarray:
     name = describe(source)
     if is_path(source) and Path(source).suffix.lower() == ".npy":
         path = check_file(source, "depth", limits.depth_max_bytes)
-        try:
-            depth = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InputError(f"{name}: not a readable .npy array ({exc})") from None
+        depth = load_npy(path)
         if depth.size > limits.max_image_pixels:
             raise InputError(f"{name}: depth map has {depth.size} pixels, over the limit")
     elif isinstance(source, np.ndarray):

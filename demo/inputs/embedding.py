@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path, require_finite
+from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
 
 EMBED_DIM = 1024  # ImageBind-Huge's joint embedding width
@@ -23,7 +23,7 @@ def read_tensor(path: Path) -> torch.Tensor:
     """.npy / .pt / .safetensors -> the tensor it holds (a file of several must name it "embedding")."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return torch.from_numpy(np.load(path, allow_pickle=False))
+        return torch.from_numpy(load_npy(path))
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path, require_finite
+from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
 
 CHANNELS = 6
@@ -50,10 +50,7 @@ def read_series(source: Source, limits: InputLimits) -> np.ndarray:
         if path.suffix.lower() == ".csv":
             series = read_csv(path)
         else:
-            try:
-                series = np.load(path, allow_pickle=False)
-            except (ValueError, OSError, EOFError) as exc:
-                raise InputError(f"{name}: not a readable .npy array ({exc})") from None
+            series = load_npy(path)
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         series = np.asarray(source)
     else:

@@ -50,3 +50,10 @@ class InputLimits:
 
     # --- precomputed embeddings ---
     embedding_max_bytes: int = 1 * MiB  # a 1024-d float32 vector is 4 KB plus headers
+
+    # --- the chat prompt ---
+    # Characters of question + "input" field + kept earlier turns, counted before tokenising:
+    # LLaMA-1's 2048-token context holds about 8,000 characters of English, so a longer prompt
+    # cannot fit anyway, and tokenising megabytes of text (once per dropped turn) would stall a
+    # worker. Older turns beyond the budget are dropped; a question alone over it is an error.
+    prompt_max_chars: int = 16_000

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path, require_finite
+from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
 
 NUM_POINTS = 8192
@@ -45,10 +45,47 @@ def sample_mesh_surface(vertices: np.ndarray, triangles: np.ndarray, count: int)
     return a[faces] + u[:, None] * (b - a)[faces] + v[:, None] * (c - a)[faces]
 
 
+PLY_TYPE_BYTES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+                  "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def ply_short_by(path: Path) -> int:
+    """How many bytes a binary PLY lacks for what its header announces (0: complete, or a file
+    this check cannot size: ASCII, or elements with variable-length list properties)."""
+    with path.open("rb") as handle:
+        if handle.readline(16).strip() != b"ply":
+            return 0
+        expected, row, count, binary = 0, 0, 0, False
+        for _ in range(1000):  # header lines are few and short; stop early on garbage
+            words = handle.readline(1024).decode("ascii", "replace").split()
+            if not words:  # end of file or a blank line inside the header: not a PLY to size
+                return 0
+            if words[0] == "end_header":
+                break
+            if words[0] == "format":
+                binary = words[1:2] != ["ascii"]
+            elif words[0] == "element" and len(words) == 3 and words[2].isdigit():
+                expected += row  # the previous element's rows are complete
+                count, row = int(words[2]), 0
+            elif words[0] == "property" and len(words) == 3 and words[1] in PLY_TYPE_BYTES:
+                row += count * PLY_TYPE_BYTES[words[1]]
+            elif words[0] == "property":  # a list property: rows have no fixed size
+                return 0
+        else:
+            return 0
+        data = path.stat().st_size - handle.tell()
+    return max(expected + row - data, 0) if binary else 0
+
+
 def read_open3d_cloud(path: Path) -> np.ndarray:
     import open3d
 
-    # open3d does not raise on unreadable files: it warns and returns an empty cloud
+    # open3d does not raise on unreadable files: it warns and returns an empty cloud, and for a
+    # binary PLY cut short it returns the announced number of points, the missing ones being
+    # whatever was in memory. So a PLY is first checked against its header.
+    if path.suffix.lower() == ".ply" and (missing := ply_short_by(path)):
+        raise InputError(f"{path}: the PLY file is {missing} bytes shorter than its header announces "
+                         "(a truncated or damaged file)")
     return np.asarray(open3d.io.read_point_cloud(str(path)).points)
 
 
@@ -71,10 +108,6 @@ def pick_array(arrays: Mapping[str, object], name: str) -> object:
     raise InputError(f"{name}: holds several arrays ({', '.join(map(str, arrays))}); name the cloud 'points'")
 
 
-def read_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
-
-
 def read_npz(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as archive:
         return np.asarray(pick_array({key: archive[key] for key in archive.files}, str(path)))
@@ -95,7 +128,7 @@ READERS: dict[str, Callable[[Path], np.ndarray]] = {
     ".xyz": read_open3d_cloud,
     ".pts": read_open3d_cloud,
     ".obj": read_open3d_mesh,
-    ".npy": read_npy,
+    ".npy": load_npy,
     ".npz": read_npz,
     ".pt": read_pt,
 }

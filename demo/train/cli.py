@@ -1,4 +1,4 @@
-"""Command line: python -m demo.train {features,stage1,stage2,export} ...
+"""Train the ImageBind-LLM adapter: image features, stage 1, stage 2, export for the app.
 
 Typical run (reference section 11; paths are examples):
 
