@@ -16,7 +16,15 @@ from demo.train import features as features_module
 from demo.train.adapter_model import AdapterModel, stage_of
 from demo.train.cli import main as train_main
 from demo.train.data import (
-    CAPTION_INSTRUCTION, IGNORE_INDEX, BadDataError, IssueLog, Record, collate, read_captions, read_instructions, tokenize,
+    CAPTION_INSTRUCTION,
+    IGNORE_INDEX,
+    BadDataError,
+    IssueLog,
+    Record,
+    collate,
+    read_captions,
+    read_instructions,
+    tokenize,
     tokenize_all,
 )
 from demo.train.features import BLANK, FeatureStore, extract_features
@@ -102,6 +110,10 @@ def test_stage1_loss_falls_and_pipeline_loads_result(release, caption_set, featu
     assert changed == {k for k in trained if stage_of(k) == "stage1"}
     assert all(trained[f"llama.layers.{i}.attention.gate"].abs().max() > 0 for i in range(2))
 
+    # --convert wrote the pipeline folder; `export` makes one from any checkpoint the same way.
+    export = ["--no-progress", "export", "--checkpoint", str(out / (out / "latest").read_text()), "--base", str(release.llama_dir),
+              "--delta", str(release.delta_dir), "--out", str(tmp_path / "exported"), "--dtype", "float32"]
+    assert train_main(export) == 0 and (tmp_path / "exported" / "adapter.safetensors").exists()
     pipe = ImageBindLLMPipeline.from_pretrained(out / "converted", device="cpu")
     result = pipe("Generate caption of this image", [InputItem("image", str(caption_set.parent / "images" / "red.png"))],
                   generation=GenerationConfig(max_new_tokens=6, temperature=0))
@@ -184,6 +196,17 @@ def test_gradient_accumulation_equals_one_big_batch(release, samples, feature_di
     a = load_adapter_checkpoint(train(_model(release), samples, store, big, tmp_path / "big"))
     b = load_adapter_checkpoint(train(_model(release), samples, store, split, tmp_path / "split"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_mixed_precision_path_runs(release, samples, feature_dir, tmp_path):
+    """The GPU recipe (bf16 base weights, bf16 autocast, fp32 adapter) exercised on the CPU."""
+    model = AdapterModel.from_base(open_base(release.llama_dir), 1024, dtype=torch.bfloat16)
+    config = TrainConfig("stage2", batch_size=3, max_steps=3, lr=1e-2, precision="bf16", progress=False)
+    train(model, samples, FeatureStore(feature_dir), config, tmp_path)
+    losses = [e["loss"] for e in _log(tmp_path)]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert {p.dtype for p in model.official.values()} == {torch.float32}
+    assert model.llm.lm_head.weight.dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------

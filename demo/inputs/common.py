@@ -60,16 +60,13 @@ def check_file(source: Any, modality: str, max_bytes: int) -> Path:
 
 
 def load_npy(path: Path) -> np.ndarray:
-    """The array in a .npy file, never unpickling, read into memory.
+    """The array in a .npy file, never unpickling, read into memory. Raises numpy's errors
+    (ValueError, OSError, EOFError) for the caller to name in its own terms.
 
     Memory-mapping first makes numpy check that the file holds as many bytes as its header
     announces, so a 100-byte file claiming 10^10 values is refused instead of allocating 37 GiB.
     """
-    try:
-        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
-    return np.array(mapped)  # a plain in-memory copy; the mapping closes with `mapped`
+    return np.array(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain in-memory copy
 
 
 def require_finite(values: np.ndarray | torch.Tensor, name: str) -> None:

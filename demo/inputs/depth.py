@@ -40,7 +40,10 @@ def read_depth_metres(source: Source, limits: InputLimits) -> np.ndarray:
     name = describe(source)
     if is_path(source) and Path(source).suffix.lower() == ".npy":
         path = check_file(source, "depth", limits.depth_max_bytes)
-        depth = load_npy(path)
+        try:
+            depth = load_npy(path)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(f"{name}: not a readable .npy array ({exc})") from None
         if depth.size > limits.max_image_pixels:
             raise InputError(f"{name}: depth map has {depth.size} pixels, over the limit")
     elif isinstance(source, np.ndarray):

@@ -50,7 +50,10 @@ def read_series(source: Source, limits: InputLimits) -> np.ndarray:
         if path.suffix.lower() == ".csv":
             series = read_csv(path)
         else:
-            series = load_npy(path)
+            try:
+                series = load_npy(path)
+            except (ValueError, OSError, EOFError) as exc:
+                raise InputError(f"{name}: not a readable .npy array ({exc})") from None
     elif isinstance(source, (np.ndarray, torch.Tensor)):
         series = np.asarray(source)
     else:

@@ -56,6 +56,8 @@ class IssueLog:
             raise ValueError(f"bad-data policy {policy!r}; choose one of {BAD_DATA_POLICIES}")
         self.policy = policy
         self.path = Path(path) if path else None
+        if self.path is not None:
+            self.path.write_text("")  # this run's report only (a resumed run reads the data again)
         self.issues: list[str] = []
 
     def report(self, where: str, reason: str) -> None:
@@ -204,7 +206,7 @@ def read_instructions(path: Path, issues: IssueLog, image_root: Path | None = No
             if not ok or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
                 issues.report(where, "conversations must start with a human turn and a gpt turn")
                 continue
-            question = _text({"v": str(turns[0].get("value", "")).replace("<image>", "")}, "v")
+            question = str(turns[0].get("value", "")).replace("<image>", "").strip() or None
             answer = _text(turns[1], "value")
             image = _image_path(raw.get("image"), root) if "image" in raw else None
             if question is None or answer is None:
