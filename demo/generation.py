@@ -3,8 +3,9 @@
 SentencePiece cannot decode one token at a time (a piece's leading space depends on its
 neighbours, and byte-fallback pieces only form characters together), so each step decodes the
 whole answer so far and emits only the new suffix. Text that might still change is held back:
-a trailing run of byte-fallback tokens (decoded together, so a later byte can turn earlier ones
-into U+FFFD), trailing whitespace (the answer is stripped, as in the release), and a tail that
+a trailing run of byte-fallback and special tokens (byte pieces are decoded together, so a later
+byte can turn earlier ones into U+FFFD, and skipped special tokens such as <unk> let two byte
+runs merge), trailing whitespace (the answer is stripped, as in the release), and a tail that
 could be the start of a stop string.
 """
 
@@ -74,7 +75,7 @@ def stream_tokens(
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
     eos = tokenizer.eos_token_id
-    byte_ids = byte_token_ids(tokenizer)
+    unsettled = unsettled_token_ids(tokenizer)
     cache = DynamicCache()
     inputs = torch.tensor([prompt_ids], device=device)  # (1, T)
     emitted = ""
@@ -93,9 +94,9 @@ def stream_tokens(
             state.finish_reason = "stop_string"
             break
         settled = len(state.token_ids)
-        while settled and state.token_ids[settled - 1] in byte_ids:
+        while settled and state.token_ids[settled - 1] in unsettled:
             settled -= 1
-        if settled < len(state.token_ids):  # decode only up to the trailing byte run
+        if settled < len(state.token_ids):  # decode only up to the trailing unsettled run
             text = _answer_so_far(tokenizer, state.token_ids[:settled], stop_strings)[0]
         stable = text[: len(text) - _held_back(text, stop_strings)].rstrip()
         if stable.startswith(emitted) and len(stable) > len(emitted):
@@ -108,14 +109,15 @@ def stream_tokens(
     state.text = emitted
 
 
-def byte_token_ids(tokenizer) -> frozenset[int]:
-    """Ids of SentencePiece byte-fallback pieces ("<0x41>"), computed once per tokenizer."""
-    cached = getattr(tokenizer, "_byte_token_ids", None)
+def unsettled_token_ids(tokenizer) -> frozenset[int]:
+    """Ids whose decoded text can still change with the next token: SentencePiece byte-fallback
+    pieces ("<0x41>") and special tokens (skipped when decoding). Computed once per tokenizer."""
+    cached = getattr(tokenizer, "_unsettled_token_ids", None)
     if cached is None:
         pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
         vocab = tokenizer.get_vocab()
-        cached = frozenset(i for piece, i in vocab.items() if pattern.fullmatch(piece))
-        tokenizer._byte_token_ids = cached
+        cached = frozenset(i for piece, i in vocab.items() if pattern.fullmatch(piece)) | set(tokenizer.all_special_ids)
+        tokenizer._unsettled_token_ids = cached
     return cached
 
 
