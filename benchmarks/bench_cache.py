@@ -10,7 +10,7 @@ Targets for the compact cache: RAM <= 1/4 of flat fp32, top-10 recall >= 0.95 ag
 search, cosine of the blended embedding to the exact one >= 0.999, single-query latency <= 10 ms.
 
     .venv/bin/python benchmarks/bench_cache.py                     # 1M vectors, ~2-3 min on 2 cores
-    .venv/bin/python benchmarks/bench_cache.py --n 200000 --codecs SQ8 SQ6 SQ4 fp16
+    .venv/bin/python benchmarks/bench_cache.py --n 200000 --codecs PCA-SQ8 SQ8 SQ6 SQ4 fp16
 
 RAM is the size of the index file: faiss reads an index into memory whole.
 """
@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=200, help="queries for recall, cosine and compact latency")
     parser.add_argument("--original-queries", type=int, default=10, help="queries timed on the slow flat paths")
-    parser.add_argument("--codecs", nargs="+", default=["SQ8", "SQ6"], help="compact codecs to measure (SQ4 SQ6 SQ8 fp16)")
+    parser.add_argument("--codecs", nargs="+", default=["PCA-SQ8", "SQ8"], help="compact codecs to measure (PCA-SQ8 SQ8 SQ6 SQ4 fp16)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32], help="IVF lists searched per query, one row each")
     parser.add_argument("--k", type=int, default=10)

@@ -419,13 +419,26 @@ def _sync(*files) -> None:
         os.fsync(f.fileno())
 
 
-CODECS = {"SQ4": "SQ4", "SQ6": "SQ6", "SQ8": "SQ8", "fp16": "SQfp16"}  # our name -> faiss factory code
+# our name -> faiss factory code of the IVF lists' vectors. "PCA-SQ8" first projects the vectors
+# onto their top `d - _pca_dropped(d)` directions (see `_projection`), then codes those with SQ8.
+CODECS = {"PCA-SQ8": "SQ8", "SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
+_PROJECTED = {"PCA-SQ8"}
+
+
+def _pca_dropped(dim: int) -> int:
+    """Directions "PCA-SQ8" drops: 24 of 1024 (3 in 128, at least 1).
+
+    An IVF entry costs a byte per kept dimension plus faiss's 8-byte id; the centroids and the
+    projection add ~8 bytes per entry more at 1M entries. 1000 + 8 + 8 < 1024 bytes keeps the file
+    under a quarter of fp32 (4096 bytes) with some margin; 1008 kept would land on 0.2500 at 1M.
+    """
+    return max(1, (3 * dim + 127) // 128)
 
 
 def compact(
     index: "faiss.Index",
     *,
-    codec: str = "SQ8",
+    codec: str = "PCA-SQ8",
     nlist: int | None = None,
     nprobe: int = 32,
     train_size: int | None = None,
@@ -434,11 +447,12 @@ def compact(
 ) -> "faiss.Index":
     """Re-encode a cache index as IVF with compressed codes; entry ids stay the same.
 
-    codec: "SQ8" (the default: 8 bits a dimension, 0.253x the RAM of fp32 once faiss's 8-byte ids
-    are counted, top-10 recall ~0.98), "SQ6" (0.19x, recall ~0.93), "SQ4" or "fp16"; measured on
-    1M clustered vectors by benchmarks/bench_cache.py.
-    nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer is trained on
-    `train_size` vectors (39 * nlist by default, faiss's minimum without a warning).
+    codec: "PCA-SQ8" (the default: the 1000 highest-variance directions of 1024, 8 bits each, 0.248x
+    the RAM of fp32 once faiss's 8-byte ids are counted, top-10 recall ~0.98), "SQ8" (all 1024
+    directions, 0.253x), "SQ6" (0.19x, recall ~0.93), "SQ4" or "fp16"; measured on 1M clustered
+    vectors by benchmarks/bench_cache.py.
+    nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer (and the projection)
+    are trained on `train_size` vectors (39 * nlist by default, faiss's minimum without a warning).
     """
     if codec not in CODECS:
         raise InputError(f"codec={codec!r} is not one of {', '.join(CODECS)}")
@@ -451,16 +465,44 @@ def compact(
     if ivf is not None:
         ivf.make_direct_map()  # an IVF source gives back vectors by id only through a direct map
 
-    # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
-    out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
     sample = np.sort(np.random.default_rng(0).choice(total, train_size, replace=False))  # [train_size]
-    out.train(index.reconstruct_batch(sample))  # [train_size, D]
+    sample = index.reconstruct_batch(sample)  # [train_size, D]
+    # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
+    if codec in _PROJECTED:
+        projection = _projection(sample, index.d - _pca_dropped(index.d))
+        lists = faiss.index_factory(projection.d_out, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
+        out = faiss.IndexPreTransform(projection, lists)  # keeps references to both
+    else:
+        out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
+    out.train(sample)
+    del sample
     with tqdm(total=total, desc="compacting cache", unit="entry", disable=not progress) as bar:
         for start in range(0, total, batch_size):
             out.add(index.reconstruct_n(start, min(batch_size, total - start)))  # [batch, D]; ids continue in order
             bar.update(min(batch_size, total - start))
-    out.nprobe = nprobe  # saved in the file
+    faiss.extract_index_ivf(out).nprobe = nprobe  # saved in the file
     return out
+
+
+def _projection(sample: np.ndarray, keep: int) -> "faiss.LinearTransform":
+    """The orthonormal projection [keep, D] onto the top eigenvectors of the sample's E[x x^T].
+
+    Not centred (unlike faiss's PCAMatrix): with y = A x, <A v, A x> = <v, A^T A x> = <v, x'> for
+    the vector x' = A^T y that the index gives back, so scores stay exact inner products with the
+    returned vectors, whichever query is asked, and the dropped directions are those holding the
+    least of the vectors' own energy (|x'|^2 = |x|^2 minus what falls outside the kept span).
+    """
+    dim = sample.shape[1]
+    moment = sample.T.astype(np.float64) @ sample  # [D, D]
+    _, eigenvectors = np.linalg.eigh(moment)  # columns, ascending eigenvalues
+    basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :keep].T, dtype=np.float32)  # [keep, D]
+    projection = faiss.LinearTransform(dim, keep, False)
+    faiss.copy_array_to_vector(basis.ravel(), projection.A)
+    projection.is_trained = True
+    projection.set_is_orthonormal()  # lets faiss give vectors back through A^T
+    if not projection.is_orthonormal:
+        raise WeightsError("the cache's projection came out not orthonormal; use --codec SQ8")
+    return projection
 
 
 def compact_index(source: str | os.PathLike, output: str | os.PathLike, *, dim: int = EMBED_DIM, **options) -> Path:

@@ -2,13 +2,14 @@
 
     python -m weights.cache build --images photos/ --encoder-weights imagebind_huge.pth -o my.index
     python -m weights.cache build --embeddings feats_000.npy feats_001.npy --sources urls.txt -o my.index
-    python -m weights.cache compact knn.index knn-ivf-sq8.index
+    python -m weights.cache compact knn.index knn-compact.index
 
 `build` writes a flat inner-product index of unit vectors and `<output>.sources.jsonl` (where each
 entry came from). It checkpoints as it goes: run the same command again to resume (an unreadable
 image stops the build and is named: move it away, then resume; new images may be added). `compact`
-re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 8-bit codes by default:
-about a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures the trade-offs).
+re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 8-bit codes of its 1000
+highest-variance directions by default: under a quarter of the RAM, same entry ids
+(benchmarks/bench_cache.py measures the trade-offs).
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shrink = commands.add_parser("compact", help="re-encode a cache as a compact IVF index (same ids, sidecar copied)")
     shrink.add_argument("source", type=Path, help="the cache index to read (mapped from disk, not loaded into RAM)")
     shrink.add_argument("output", type=Path, help="the compact index to write")
-    shrink.add_argument("--codec", choices=list(CODECS), default="SQ8", help="vector codes: SQ8 (default, 0.25x fp32 RAM), SQ6 (0.19x, lower recall), SQ4, fp16")
+    shrink.add_argument(
+        "--codec", choices=list(CODECS), default="PCA-SQ8",
+        help="vector codes: PCA-SQ8 (default: 8 bits for each of the top 1000 of 1024 directions, 0.248x fp32 RAM), SQ8 (all 1024, 0.253x), SQ6 (0.19x, lower recall), SQ4, fp16",
+    )
     shrink.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     shrink.add_argument("--nprobe", type=int, default=32, help="lists searched per query, saved in the file (default 32)")
     shrink.add_argument("--train-size", type=int, default=None, help="vectors to train the lists on (default 39 * nlist)")
