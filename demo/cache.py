@@ -419,43 +419,37 @@ def _sync(*files) -> None:
         os.fsync(f.fileno())
 
 
-# our name -> faiss factory code of the IVF lists' vectors. "PCA-SQ8" first projects the vectors
-# onto their top `d - _pca_dropped(d)` directions (see `_projection`), then codes those with SQ8.
-CODECS = {"PCA-SQ8": "SQ8", "SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
-_PROJECTED = {"PCA-SQ8"}
-
-
-def _pca_dropped(dim: int) -> int:
-    """Directions "PCA-SQ8" drops: 24 of 1024 (3 in 128, at least 1).
-
-    An IVF entry costs a byte per kept dimension plus faiss's 8-byte id; the centroids and the
-    projection add ~8 bytes per entry more at 1M entries. 1000 + 8 + 8 < 1024 bytes keeps the file
-    under a quarter of fp32 (4096 bytes) with some margin; 1008 kept would land on 0.2500 at 1M.
-    """
-    return max(1, (3 * dim + 127) // 128)
+# our name -> faiss factory code of the IVF lists' codes. "SQ7" is built by hand (see `_compact_sq7`).
+CODECS = {"SQ7": None, "SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
 
 
 def compact(
     index: "faiss.Index",
     *,
-    codec: str = "PCA-SQ8",
+    codec: str = "SQ8",
     nlist: int | None = None,
     nprobe: int = 32,
     train_size: int | None = None,
+    k_factor: int = 32,
     batch_size: int = 65536,
     progress: bool = True,
 ) -> "faiss.Index":
     """Re-encode a cache index as IVF with compressed codes; entry ids stay the same.
 
-    codec: "PCA-SQ8" (the default: the 1000 highest-variance directions of 1024, 8 bits each, 0.248x
-    the RAM of fp32 once faiss's 8-byte ids are counted, top-10 recall ~0.98), "SQ8" (all 1024
-    directions, 0.253x), "SQ6" (0.19x, recall ~0.93), "SQ4" or "fp16"; measured on 1M clustered
-    vectors by benchmarks/bench_cache.py.
-    nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer (and the projection)
+    codec: "SQ8" (the default: 8 bits a dimension, 0.253x the RAM of fp32 with faiss's 8-byte ids
+    counted, top-10 recall 0.98), "SQ7" (7 bits, 0.238x, recall 0.96 on in-distribution queries
+    but much worse than SQ8 for queries far from every entry, e.g. audio or text against image
+    features, the cache's main use: recall 0.37 vs 0.85 in a synthetic test), "SQ6" (0.19x,
+    recall 0.93), "SQ4" or "fp16"; measured on 1M clustered vectors by benchmarks/bench_cache.py.
+    nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer (and the codes' ranges)
     are trained on `train_size` vectors (39 * nlist by default, faiss's minimum without a warning).
+    k_factor (SQ7 only, saved in the file): candidates re-scored on the 7-bit codes per neighbour
+    asked for; more cost ~1 us each per query.
     """
     if codec not in CODECS:
         raise InputError(f"codec={codec!r} is not one of {', '.join(CODECS)}")
+    if k_factor < 1:
+        raise InputError(f"k_factor={k_factor} must be at least 1")
     total = index.ntotal
     nlist = nlist or 2 ** round(np.log2(np.sqrt(total)))
     if total < nlist:
@@ -467,42 +461,60 @@ def compact(
 
     sample = np.sort(np.random.default_rng(0).choice(total, train_size, replace=False))  # [train_size]
     sample = index.reconstruct_batch(sample)  # [train_size, D]
-    # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
-    if codec in _PROJECTED:
-        projection = _projection(sample, index.d - _pca_dropped(index.d))
-        lists = faiss.index_factory(projection.d_out, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
-        out = faiss.IndexPreTransform(projection, lists)  # keeps references to both
+    batches = tqdm(range(0, total, batch_size), desc="compacting cache", unit="batch", disable=not progress)
+    read = (index.reconstruct_n(start, min(batch_size, total - start)) for start in batches)  # [batch, D] each, in id order
+    if codec == "SQ7":
+        out = _compact_sq7(sample, read, nlist, k_factor)
     else:
+        # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
         out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
-    out.train(sample)
-    del sample
-    with tqdm(total=total, desc="compacting cache", unit="entry", disable=not progress) as bar:
-        for start in range(0, total, batch_size):
-            out.add(index.reconstruct_n(start, min(batch_size, total - start)))  # [batch, D]; ids continue in order
-            bar.update(min(batch_size, total - start))
+        out.train(sample)
+        for vectors in read:
+            out.add(vectors)  # ids continue in order
     faiss.extract_index_ivf(out).nprobe = nprobe  # saved in the file
     return out
 
 
-def _projection(sample: np.ndarray, keep: int) -> "faiss.LinearTransform":
-    """The orthonormal projection [keep, D] onto the top eigenvectors of the sample's E[x x^T].
+def _compact_sq7(sample: np.ndarray, batches, nlist: int, k_factor: int) -> "faiss.Index":
+    """SQ7: every entry as 7 bits a dimension (uniform between the sample's per-dimension min and max),
+    found through a small IVF index of 4-bit PQ codes.
 
-    Not centred (unlike faiss's PCAMatrix): with y = A x, <A v, A x> = <v, A^T A x> = <v, x'> for
-    the vector x' = A^T y that the index gives back, so scores stay exact inner products with the
-    returned vectors, whichever query is asked, and the dropped directions are those holding the
-    least of the vectors' own energy (|x'|^2 = |x|^2 minus what falls outside the kept span).
+    Faiss has 4-, 6- and 8-bit scalar quantizers, and 8 bits for all 1024 dimensions plus the 8-byte
+    id an IVF list keeps for each entry is just over a quarter of fp32. So the codes live in a flat
+    `IndexPQ` with one dimension per sub-quantizer and 128 evenly spaced centroids (a 7-bit scalar
+    quantizer; no ids: an entry's id is its position), which faiss decodes and scores by itself; we
+    only write the codes, since faiss's own PQ encoder is ~1 ms a vector at this size. The IVF index
+    (`IVF{nlist},PQ{d/8}x4fs`, 64 + 8 bytes an entry at 1024-d) proposes `k_factor * k`
+    candidates, which `IndexRefine` re-scores on the 7-bit codes: scores are exact inner products
+    with the vectors given back.
     """
     dim = sample.shape[1]
-    moment = sample.T.astype(np.float64) @ sample  # [D, D]
-    _, eigenvectors = np.linalg.eigh(moment)  # columns, ascending eigenvalues
-    basis = np.ascontiguousarray(eigenvectors[:, ::-1][:, :keep].T, dtype=np.float32)  # [keep, D]
-    projection = faiss.LinearTransform(dim, keep, False)
-    faiss.copy_array_to_vector(basis.ravel(), projection.A)
-    projection.is_trained = True
-    projection.set_is_orthonormal()  # lets faiss give vectors back through A^T
-    if not projection.is_orthonormal:
-        raise WeightsError("the cache's projection came out not orthonormal; use --codec SQ8")
-    return projection
+    low, high = sample.min(axis=0), sample.max(axis=0)  # [D] each
+    step = np.maximum(high - low, 1e-6) / 128  # [D]
+    codes = faiss.IndexPQ(dim, dim, 7, faiss.METRIC_INNER_PRODUCT)
+    centroids = low[:, None] + (np.arange(128) + 0.5) * step[:, None]  # [D, 128]: sub-quantizer j is dimension j
+    faiss.copy_array_to_vector(centroids.astype(np.float32).ravel(), codes.pq.centroids)
+    codes.is_trained = True
+    sub = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)  # 128 at 1024-d: 8 dims a sub-quantizer
+    candidates = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x4fs", faiss.METRIC_INNER_PRODUCT)
+    candidates.train(sample)
+    for vectors in batches:
+        candidates.add(vectors)
+        codes.add_sa_codes(_sq7_codes(vectors, low, step))
+    out = faiss.IndexRefine(candidates, codes)
+    out.own_fields = True  # `out` frees both; Python must not (it would free them when this returns)
+    candidates.this.disown()
+    codes.this.disown()
+    out.k_factor = k_factor
+    return out
+
+
+def _sq7_codes(vectors: np.ndarray, low: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """[n, D] -> [n, 7 * D / 8] bytes: each dimension's nearest of the 128 centroids (index floor((x - low) / step),
+    clipped), packed 7 bits after 7 bits, least significant first, as faiss's PQ codes are."""
+    nearest = np.clip(np.floor((vectors - low) / step), 0, 127).astype(np.uint8)  # [n, D]
+    bits = np.unpackbits(nearest[..., None], axis=-1, count=7, bitorder="little")  # [n, D, 7]
+    return np.packbits(bits.reshape(len(vectors), -1), axis=1, bitorder="little")  # [n, ceil(7 D / 8)]
 
 
 def compact_index(source: str | os.PathLike, output: str | os.PathLike, *, dim: int = EMBED_DIM, **options) -> Path:

@@ -7,9 +7,9 @@
 `build` writes a flat inner-product index of unit vectors and `<output>.sources.jsonl` (where each
 entry came from). It checkpoints as it goes: run the same command again to resume (an unreadable
 image stops the build and is named: move it away, then resume; new images may be added). `compact`
-re-encodes a cache (the official 13.3 GB knn.index included) as IVF with 8-bit codes of its 1000
-highest-variance directions by default: under a quarter of the RAM, same entry ids
-(benchmarks/bench_cache.py measures the trade-offs).
+re-encodes a cache (the official 13.3 GB knn.index included) as 7-bit codes found through an IVF
+index by default: under a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures
+the trade-offs).
 """
 
 from __future__ import annotations
@@ -50,11 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shrink.add_argument("source", type=Path, help="the cache index to read (mapped from disk, not loaded into RAM)")
     shrink.add_argument("output", type=Path, help="the compact index to write")
     shrink.add_argument(
-        "--codec", choices=list(CODECS), default="PCA-SQ8",
-        help="vector codes: PCA-SQ8 (default: 8 bits for each of the top 1000 of 1024 directions, 0.248x fp32 RAM), SQ8 (all 1024, 0.253x), SQ6 (0.19x, lower recall), SQ4, fp16",
+        "--codec", choices=list(CODECS), default="SQ8",
+        help="vector codes: SQ8 (default: 8 bits a dimension, 0.253x fp32 RAM), SQ7 (0.238x; weaker for queries far "
+             "from every entry, e.g. audio/text against images), SQ6 (0.19x, lower recall), SQ4, fp16",
     )
     shrink.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     shrink.add_argument("--nprobe", type=int, default=32, help="lists searched per query, saved in the file (default 32)")
+    shrink.add_argument("--k-factor", type=int, default=32, help="SQ7: candidates re-scored per neighbour asked for, saved in the file (default 32)")
     shrink.add_argument("--train-size", type=int, default=None, help="vectors to train the lists on (default 39 * nlist)")
     shrink.add_argument("--dim", type=int, default=EMBED_DIM, help=f"embedding size (default {EMBED_DIM})")
     shrink.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace) -> None:
     progress = not args.no_progress
     if args.command == "compact":
-        options = dict(codec=args.codec, nlist=args.nlist, nprobe=args.nprobe, train_size=args.train_size)
+        options = dict(codec=args.codec, nlist=args.nlist, nprobe=args.nprobe, train_size=args.train_size, k_factor=args.k_factor)
         out = compact_index(args.source, args.output, dim=args.dim, progress=progress, **options)
     elif args.images is not None:
         if args.encoder_weights is None:
