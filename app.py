@@ -1,6 +1,6 @@
 """Gradio web app for ImageBind-LLM multimodal chat.
 
-    python app.py                      # offline `tiny` preset (random weights, for trying the UI)
+    python app.py                      # the shipped `pocket` model (docs/pocket_world.md), else `tiny`
     python app.py --weights weights/converted/imagebind-llm-7b --load-in-4bit
     python app.py --help
 
@@ -41,7 +41,7 @@ from demo.cache import CACHE_LIMITS, CacheConfig
 from demo.config import GENERATION_LIMITS, GenerationConfig
 from demo.errors import DemoError
 from demo.modalities import MODALITIES
-from demo.pipeline import Conditioning, ImageBindLLMPipeline, InputItem
+from demo.pipeline import POCKET_FOLDER, Conditioning, ImageBindLLMPipeline, InputItem
 
 logger = logging.getLogger("ibllm.app")
 
@@ -74,6 +74,16 @@ EXAMPLE_TABLE: list[tuple[str, str, str, list[tuple[str, str, float]]]] = [
      [("image", "rocket.jpg", 1.0), ("audio", "speech.wav", 0.5)]),
     ("Mix: coffee, not cat", "What is in the picture?", "",  # a negative weight steers away
      [("image", "coffee.png", 1.0), ("image", "chelsea.png", -0.3)]),
+    # Held-out objects of the pocket world (examples/world/, written by `python -m demo.world build --ship`):
+    # what the shipped pocket model knows about. Only images were paired with text in its training.
+    ("World: image", "Describe this object.", "", [("image", "world/world-0.png", 1.0)]),
+    ("World: sound", "What shape is this?", "", [("audio", "world/world-0.wav", 1.0)]),
+    ("World: point cloud", "What shape is this?", "", [("point", "world/world-1.ply", 1.0)]),
+    ("World: depth map", "How big is it?", "", [("depth", "world/world-1.depth.png", 1.0)]),
+    ("World: video", "What colour is it?", "", [("video", "world/world-2.mp4", 1.0)]),
+    ("World: text", "What shape is this?", "", [("text", "world/world-2.txt", 1.0)]),
+    ("World: image + sound", "Describe this object.", "",  # modality arithmetic: two objects mixed
+     [("image", "world/world-0.png", 0.5), ("audio", "world/world-1.wav", 0.5)]),
 ]
 
 BANNER_PLACEHOLDER = """\
@@ -82,6 +92,8 @@ BANNER_PLACEHOLDER = """\
 > the ImageBind-LLM weights (README, section **Weights**) and start
 > `python app.py --weights PATH_TO_CONVERTED_WEIGHTS` (add `--load-in-4bit` for a 8-12 GB GPU).
 """
+
+BANNER_NOTICE = "> ℹ️ {notice}\n"  # the model folder's own description (imagebind_llm.json "notice")
 
 INTRO = """\
 # ImageBind-LLM: chat about images, sounds, videos, 3D shapes and more
@@ -611,6 +623,8 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1,
 
         if pipe.is_placeholder:
             gr.Markdown(BANNER_PLACEHOLDER, elem_id="placeholder-banner")
+        elif getattr(pipe, "notice", None):
+            gr.Markdown(BANNER_NOTICE.format(notice=pipe.notice), elem_id="notice-banner")
         gr.Markdown(INTRO)
 
         with gr.Row(equal_height=False):
@@ -789,11 +803,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                "(8bit|4bit), IBLLM_CACHE (cache path). On Spaces (SPACE_ID set) the app binds 0.0.0.0.",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--weights", default=env.get("IBLLM_WEIGHTS") or env.get("IBLLM_PRESET") or "tiny",
+    model.add_argument("--weights", default=env.get("IBLLM_WEIGHTS") or env.get("IBLLM_PRESET") or default_preset(),
                        metavar="PATH_OR_PRESET",
-                       help="converted weights folder, or a preset name; `tiny` is an offline random "
-                            "model for trying the UI (meaningless answers). Default: $IBLLM_WEIGHTS, "
-                            "else $IBLLM_PRESET, else tiny")
+                       help="converted weights folder, or a preset name: `pocket` is the micro model trained "
+                            "on a procedural world that ships in weights/pocket (docs/pocket_world.md); `tiny` "
+                            "is an offline random model for trying the UI (meaningless answers). Default: "
+                            "$IBLLM_WEIGHTS, else $IBLLM_PRESET, else pocket when present, else tiny")
     quant = model.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="8-bit LLaMA weights (bitsandbytes)")
     quant.add_argument("--load-in-4bit", action="store_true", help="4-bit LLaMA weights (bitsandbytes nf4)")
@@ -823,11 +838,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def default_preset() -> str:
+    """`pocket` when its folder ships with the repository, else `tiny`."""
+    return "pocket" if (POCKET_FOLDER / "imagebind_llm.json").is_file() else "tiny"
+
+
 def load_pipeline(args: argparse.Namespace) -> ImageBindLLMPipeline:
     quantization = "8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None
     dtype = None if args.dtype == "auto" else args.dtype  # the library takes dtype names
+    cache = args.cache
+    if args.weights == "pocket" and cache is None and (POCKET_FOLDER / "cache.index").is_file():
+        cache = POCKET_FOLDER / "cache.index"  # the pocket world's own visual cache (its training images)
     return ImageBindLLMPipeline.from_pretrained(args.weights, device=args.device, dtype=dtype,
-                                                quantization=quantization, cache_path=args.cache)
+                                                quantization=quantization, cache_path=cache)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -852,6 +875,7 @@ CSS = """
 #input-tabs button[role="tab"] { padding-left: 6px; padding-right: 6px; }
 .mix-remove { align-self: center; }
 #placeholder-banner blockquote { border-left-color: #e8a400; background: #fff8e1; }
+#notice-banner blockquote { border-left-color: #3b82f6; background: #eef5ff; }
 """
 
 if __name__ == "__main__":

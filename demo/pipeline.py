@@ -32,7 +32,9 @@ from .prompt import STOP_STRINGS, format_prompt
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("tiny",)  # names from_pretrained accepts besides a folder
+PRESETS = ("tiny", "pocket")  # names from_pretrained accepts besides a folder
+# The pocket-world model shipped in the repository (docs/pocket_world.md; `python -m demo.world`).
+POCKET_FOLDER = Path(__file__).resolve().parents[1] / "weights" / "pocket"
 
 
 @dataclass
@@ -73,7 +75,7 @@ class PipelineOutput:
 
 
 class ImageBindLLMPipeline:
-    def __init__(self, model, encoder, cache=None, *, limits=None, placeholder: bool = False):
+    def __init__(self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None):
         from .cache import CacheConfig
         from .inputs.limits import InputLimits
 
@@ -82,6 +84,7 @@ class ImageBindLLMPipeline:
         self.cache = cache  # demo.cache.VisualCache or None (cache off)
         self.limits = limits or InputLimits()
         self.is_placeholder = placeholder  # random weights: answers are meaningless
+        self.notice = notice  # what the model is, for a banner (the folder's imagebind_llm.json "notice")
         self.generation_defaults = GenerationConfig()
         self.cache_defaults = CacheConfig(enabled=cache is not None)
         self._blank: torch.Tensor | None = None
@@ -112,7 +115,7 @@ class ImageBindLLMPipeline:
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
-        folder = ensure_tiny(home) if str(name_or_path) in PRESETS else Path(name_or_path)
+        folder = _preset_folder(str(name_or_path), home) if str(name_or_path) in PRESETS else Path(name_or_path)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
         imagebind = Path(imagebind_path) if imagebind_path else _imagebind_path(folder, meta)
@@ -123,7 +126,7 @@ class ImageBindLLMPipeline:
             from .cache import VisualCache
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
-        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")))
+        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"))
 
     # ------------------------------------------------------------------------------------------
     # 1. Inputs -> conditioning
@@ -266,6 +269,16 @@ class ImageBindLLMPipeline:
         tensors = {f"{i}:{item.modality}:{item.display_name}": self.embed(item) for i, item in enumerate(inputs)}
         save_file(tensors, str(path))
         return Path(path)
+
+
+def _preset_folder(name: str, home: str | os.PathLike | None) -> Path:
+    if name == "tiny":
+        return ensure_tiny(home)
+    if not (POCKET_FOLDER / "imagebind_llm.json").is_file():
+        from .errors import WeightsError
+
+        raise WeightsError(f"the pocket model is missing from {POCKET_FOLDER}: rebuild it with `python -m demo.world build --ship`")
+    return POCKET_FOLDER
 
 
 def _modality(name: str) -> str:

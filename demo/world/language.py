@@ -1,0 +1,197 @@
+"""The pocket world's language: questions and answers, the data files, and a micro LLaMA.
+
+One table of question templates serves the micro LLaMA's pretraining, the stage-2 instructions
+and the evaluation, and `parse_answer` reads an attribute back out of any answer. The micro LLaMA
+is a transformers `LlamaForCausalLM` with its own SentencePiece tokenizer, pretrained on the
+world's texts (questions answered from an `### Input:` description, in the release's Alpaca
+template) and saved in Meta's format, so `demo.convert` and `python -m demo.train` take it as
+the base exactly as they take LLaMA-7B.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..prompt import format_prompt
+from ..tiny import _ffn_dim
+from ..train.data import CAPTION_INSTRUCTION
+from .scene import ATTRIBUTES
+
+logger = logging.getLogger(__name__)
+
+QUESTIONS: dict[str, tuple[str, ...]] = {
+    "shape": ("What shape is this?", "What shape is the object?", "Which shape does it have?"),
+    "colour": ("What colour is it?", "What colour is the object?", "What is its colour?"),
+    "size": ("How big is it?", "Is it small or large?", "What size is the object?"),
+    "describe": ("Describe this object.", "What is this?", "What do you see?"),
+}
+EVAL_QUESTIONS = {kind: questions[0] for kind, questions in QUESTIONS.items()}
+
+
+def answer(kind: str, entry: dict) -> str:
+    """The answer to a `kind` question about an object with the attributes in `entry`."""
+    if kind == "describe":
+        return f"It is {entry['caption']}."
+    if kind == "shape":
+        return f"It is a {entry['shape']}."
+    return f"It is {entry[kind]}."
+
+
+def parse_answer(text: str) -> dict[str, str | None]:
+    """The first value of each attribute named in `text` ({attribute: value or None})."""
+    words = re.findall(r"[a-z]+", text.lower())
+    return {attribute: next((w for w in words if w in values), None) for attribute, values in ATTRIBUTES.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data files for `python -m demo.train`
+# ---------------------------------------------------------------------------------------------
+
+
+def write_training_data(entries: list[dict], out: Path) -> tuple[Path, Path]:
+    """captions.csv (stage 1: image-caption pairs only) and instructions.jsonl (stage 2: LLaVA
+    records, one per object and question kind, question templates in turn)."""
+    import csv
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    captions = out / "captions.csv"
+    with captions.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows([entry["files"]["image"], entry["caption"]] for entry in entries)
+    instructions = out / "instructions.jsonl"
+    with instructions.open("w") as handle:
+        for i, entry in enumerate(entries):
+            for kind, questions in QUESTIONS.items():
+                conversation = [{"from": "human", "value": "<image>\n" + questions[i % len(questions)]},
+                                {"from": "gpt", "value": answer(kind, entry)}]
+                handle.write(json.dumps({"image": entry["files"]["image"], "conversations": conversation}) + "\n")
+    return captions, instructions
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer and pretraining texts
+# ---------------------------------------------------------------------------------------------
+
+
+def pretraining_texts(entries: list[dict], seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, response) pairs: every question kind answered from an `### Input:` description
+    (the LLM learns to read attributes), the captioning instruction with the caption as input,
+    and a few questions without input (the answer format alone)."""
+    rng = random.Random(seed)
+    pairs = []
+    for entry in entries:
+        for kind, questions in QUESTIONS.items():
+            pairs.append((format_prompt(rng.choice(questions), entry["caption"]), answer(kind, entry)))
+        pairs.append((format_prompt(CAPTION_INSTRUCTION, entry["caption"]), entry["caption"]))
+        kind = rng.choice(list(QUESTIONS))
+        pairs.append((format_prompt(rng.choice(QUESTIONS[kind])), answer(kind, entry)))
+    rng.shuffle(pairs)
+    return pairs
+
+
+def write_tokenizer(path: Path, texts: list[str], vocab_size: int = 384) -> Path:
+    """A LLaMA-style SentencePiece BPE model (unk 0, bos 1, eos 2, byte fallback) on `texts`."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, hard_vocab_limit=False,
+        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, split_digits=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True, minloglevel=2,
+    )
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The micro LLaMA
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaTraining:
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def meta_params(config: LlamaTraining) -> dict:
+    return {"dim": config.dim, "multiple_of": 32, "n_heads": config.n_heads, "n_layers": config.n_layers, "norm_eps": 1e-05, "vocab_size": -1}
+
+
+def rotary_unpermute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Hugging Face's rotary row order -> Meta's (the inverse of `demo.convert.rotary_permute`)."""
+    out, rest = w.shape[0], w.shape[1:]
+    return w.reshape(n_heads, 2, out // n_heads // 2, *rest).transpose(1, 2).reshape(out, *rest)
+
+
+def to_meta_state(llm, n_heads: int) -> dict[str, torch.Tensor]:
+    """A transformers LlamaForCausalLM -> consolidated.00.pth keys (inverse of convert.LLAMA_KEYS)."""
+    from ..convert import LLAMA_KEYS, _expand
+
+    state = llm.state_dict()
+    meta = {}
+    for hf_template, (meta_template, permute, _) in LLAMA_KEYS.items():
+        for hf_key, meta_key in zip(_expand(hf_template, llm.config.num_hidden_layers), _expand(meta_template, llm.config.num_hidden_layers)):
+            tensor = state[hf_key].detach().float().clone()
+            meta[meta_key] = rotary_unpermute(tensor, n_heads) if permute else tensor
+    return meta
+
+
+def train_llama(entries: list[dict], out_dir: Path, config: LlamaTraining = LlamaTraining()) -> Path:
+    """Tokenizer + pretraining on the world's texts; writes out_dir/{params.json,
+    consolidated.00.pth, tokenizer.model} (Meta format) and returns out_dir."""
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = pretraining_texts(entries, config.seed)
+    tokenizer_path = write_tokenizer(out_dir / "tokenizer.model", [p + " " + r for p, r in pairs[:4000]])
+    tokenizer = LlamaTokenizer.from_pretrained(str(out_dir), vocab_file=str(tokenizer_path))
+    sequences = [[tokenizer.bos_token_id] + tokenizer.encode(p + " " + r, add_special_tokens=False) + [tokenizer.eos_token_id] for p, r in pairs]
+
+    torch.manual_seed(config.seed)
+    llm_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.dim, intermediate_size=_ffn_dim(config.dim, 32),
+        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.n_heads,
+        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2,
+    )
+    llm = LlamaForCausalLM(llm_config).train()
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(config.seed)
+    began = time.perf_counter()
+    for step in range(config.steps):
+        batch = [sequences[i] for i in torch.randint(len(sequences), (config.batch_size,), generator=generator)]
+        length = max(map(len, batch))
+        ids = torch.zeros(len(batch), length, dtype=torch.long)  # (B, T) right-padded
+        labels = torch.full_like(ids, -100)
+        for row, sequence in enumerate(batch):
+            ids[row, : len(sequence)] = labels[row, : len(sequence)] = torch.tensor(sequence)
+        loss = llm(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == config.steps - 1:
+            logger.info("llama step %d/%d loss %.3f (%.0f s)", step + 1, config.steps, loss.item(), time.perf_counter() - began)
+    (out_dir / "params.json").write_text(json.dumps(meta_params(config)))
+    torch.save(to_meta_state(llm, config.n_heads), out_dir / "consolidated.00.pth")
+    return out_dir
