@@ -46,23 +46,24 @@ class GatedInjection(nn.Module):
         layers = llm.model.layers
         # Hidden states run in the embedding's dtype; quantised layers expect that too.
         act_dtype = llm.model.embed_tokens.weight.dtype
+        device = self.prefix_query.device
         batch, dim = bind_output.shape
         head_dim = dim // self.num_heads
+        a_all = bind_output.to(device, torch.float32)[:, None, :] + self.prefix_query.float()  # (B, L, D)
         terms = []
         for index, layer in enumerate(layers):
             v_proj = layer.self_attn.v_proj
-            device = self.prefix_query.device
-            a = bind_output.to(device, torch.float32) + self.prefix_query[index].float()  # (B, D)
+            a = a_all[:, index]  # (B, D)
             # W_v_merged a, through the layer itself so quantised weights work unchanged.
-            v = v_proj(a.to(v_proj_device(v_proj), act_dtype)).float()  # (B, D)
+            v = v_proj(a.to(v_proj.weight.device, act_dtype)).float().to(device)  # (B, D)
             if getattr(v_proj, "bias", None) is not None:
-                v = v - v_proj.bias.float().to(v.device)
-            lora_a, lora_b = self.lora_v_a[index].float(), self.lora_v_b[index].float()
-            v = v - (a.to(v.device) @ lora_a.T.to(v.device)) @ lora_b.T.to(v.device)  # (B, D): now W_v_base a
-            gate = torch.tanh(self.gates[index].float()).to(v.device)  # (heads,)
+                v = v - v_proj.bias.float().to(device)
+            v = v - (a @ self.lora_v_a[index].float().T) @ self.lora_v_b[index].float().T  # (B, D): now W_v_base a
+            gate = torch.tanh(self.gates[index].float())  # (heads,)
             term = gate[None, :, None] * v.view(batch, self.num_heads, head_dim)  # (B, heads, head_dim)
             terms.append(term.reshape(batch, dim))
-        return torch.stack(terms, dim=1)  # (B, L, D)
+        # Cast once here, not in the per-token hook (a no-op there when devices and dtypes agree).
+        return torch.stack(terms, dim=1).to(act_dtype)  # (B, L, D)
 
     # --- hooks -------------------------------------------------------------------------------
     def attach(self, llm: nn.Module) -> None:
@@ -97,6 +98,3 @@ class GatedInjection(nn.Module):
         finally:
             self._local.terms = previous
 
-
-def v_proj_device(linear: nn.Module) -> torch.device:
-    return linear.weight.device

@@ -324,20 +324,9 @@ def ensure_tiny(home: str | os.PathLike | None = None) -> Path:
         release.llama_dir, release.adapter, partial, delta=release.delta_dir, tokenizer=release.tokenizer,
         imagebind=release.imagebind, dtype=torch.float32, placeholder=True, progress=False,
     )
-    # The imagebind path was recorded relative to the partial folder's parent: make it absolute.
-    _absolutise_imagebind(partial, release.imagebind)
     try:
         partial.rename(folder)  # atomic: a reader sees a whole folder or none
     except OSError:  # another process finished first
         shutil.rmtree(partial, ignore_errors=True)
     return folder
 
-
-def _absolutise_imagebind(folder: Path, imagebind: Path) -> None:
-    import json
-
-    from .convert import CONFIG_NAME
-
-    meta = json.loads((folder / CONFIG_NAME).read_text())
-    meta["imagebind"] = str(imagebind.resolve())
-    (folder / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
