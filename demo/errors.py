@@ -15,3 +15,7 @@ class WeightsError(DemoError, RuntimeError):
 
 class PromptTooLongError(InputError):
     """The prompt does not fit the model's context window even after dropping old turns."""
+
+
+class Cancelled(DemoError):
+    """The request was cancelled (Stop pressed, tab closed, client gone) before it finished."""
