@@ -182,12 +182,12 @@ def count_lines(path: Path, limits: InputLimits) -> None:
 
 
 def read_open3d_cloud(path: Path, limits: InputLimits) -> np.ndarray:
-    import open3d
-
     # open3d does not raise on unreadable files: it warns and returns an empty cloud, and for a
     # binary PLY cut short it returns the announced number of points, the missing ones being
     # whatever was in memory. So every file is first checked against what it announces.
     {".ply": check_ply, ".pcd": check_pcd}.get(path.suffix.lower(), count_lines)(path, limits)
+    import open3d  # after the checks: a refused file does not pay for importing it
+
     return np.asarray(open3d.io.read_point_cloud(str(path)).points)
 
 
@@ -214,11 +214,11 @@ def geometry_only_obj(path: Path, out: Path, limits: InputLimits) -> None:
 
 
 def read_open3d_mesh(path: Path, limits: InputLimits) -> np.ndarray:
-    import open3d
-
     with tempfile.TemporaryDirectory(prefix="obj-") as folder:  # private (0700), removed after use
         geometry = Path(folder) / "geometry.obj"
         geometry_only_obj(path, geometry, limits)
+        import open3d
+
         mesh = open3d.io.read_triangle_mesh(str(geometry))
     vertices, triangles = np.asarray(mesh.vertices), np.asarray(mesh.triangles)
     if len(triangles) == 0:
