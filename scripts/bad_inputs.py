@@ -282,7 +282,7 @@ def add_budget_cases(add: Callable[..., None], out: Path) -> None:
     now be refused (or served) in well under a second and without a large allocation."""
     import torch
 
-    fast = 5.0  # seconds: these are refused from headers or served from a few KB
+    fast = 5.0  # seconds for a refusal, from headers; a served case gets the normal budget
     # --- aspect ratio: the short side goes to 224, the long side must not follow ---
     add("strip-10000x1.png", "image", "error", "89-byte PNG, 10000x1: +1.7 GB resized", budget_s=fast, hostile=True,
         write=lambda p: _png_gray(p, 10_000, 1))
@@ -294,9 +294,9 @@ def add_budget_cases(add: Callable[..., None], out: Path) -> None:
         hostile=True, write=lambda p: write_video(p, 1000, 2))
     # --- sample rates: torchaudio's kernel grows with rate / gcd(rate, 16000) ---
     add("awkward-16001hz.wav", "audio", "answer", "3 KB WAV at 16001 Hz: a 2 GB resampling kernel",
-        lambda p: write_wav(p, 0.1, 16_001), budget_s=fast, hostile=True)
+        lambda p: write_wav(p, 0.1, 16_001), hostile=True)
     add("awkward-32001hz.wav", "audio", "answer", "6 KB WAV at 32001 Hz: +8.3 GB",
-        lambda p: write_wav(p, 0.1, 32_001), budget_s=fast, hostile=True)
+        lambda p: write_wav(p, 0.1, 32_001), hostile=True)
     add("rate-1000hz.wav", "audio", "error", "1 kHz: below the sample-rate range",
         lambda p: write_wav(p, 1.0, 1_000), budget_s=fast, hostile=True)
     # --- decompressed and announced sizes, checked before reading ---
@@ -326,7 +326,7 @@ def add_budget_cases(add: Callable[..., None], out: Path) -> None:
         lambda p: (p.with_suffix(".mtl").write_text(f"newmtl m\nmap_Kd {_png_bomb_texture}\n"),
                    p.write_text(f"mtllib /etc/passwd\nmtllib {p.with_suffix('.mtl')}\nusemtl m\n"
                                 "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nvt 0 0\n"
-                                "f 1/1 2/1 3/1\nf 1/1 3/1 4/1\nf 1 2 5\n")), budget_s=fast, hostile=True)
+                                "f 1/1 2/1 3/1\nf 1/1 3/1 4/1\nf 1 2 5\n")), hostile=True)
     # --- no Ghostscript: a .png holding PostScript ---
     add("postscript.png", "image", "error", "PostScript named .png (Pillow would run gs)",
         b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\nshowpage\n",
