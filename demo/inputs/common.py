@@ -76,9 +76,9 @@ def scrub_paths(message: str, source: Any) -> str:
     if not is_path(source):
         return message
     path = Path(source)
-    for text in {str(path), str(path.resolve()) if path.is_absolute() else str(path)}:
+    for text in sorted({str(path), str(path.resolve())}, key=len, reverse=True):  # longest first
         message = message.replace(text, path.name)
-    for folder in {str(path.parent), str(path.resolve().parent)} - {".", ""}:
+    for folder in sorted({str(path.parent), str(path.resolve().parent)} - {".", "", os.sep}, key=len, reverse=True):
         message = message.replace(folder + os.sep, "").replace(folder, "<folder>")
     return message
 
