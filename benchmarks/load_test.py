@@ -199,7 +199,9 @@ def attack(args: argparse.Namespace) -> int:
         client.close()
 
     worst = max(waits) if waits else float("nan")
-    print("machine: this one (see README for its cores); app: tiny preset, --concurrency "
+    import os
+
+    print(f"machine: {os.cpu_count()} CPU cores, no GPU; app: tiny preset, --concurrency "
           f"{args.concurrency}, max_new_tokens {args.tokens}")
     print(f"corpus: {len(cases)} files sent one at a time in {corpus_s:.0f} s; problems: {len(problems)}")
     for problem in problems[:20]:
