@@ -202,7 +202,11 @@ def test_audio_matches_imagebind(ib_data, tmp_path):
     rng = np.random.default_rng(0)
     long_wav = tmp_path / "long.wav"  # 7.3 s at 44.1 kHz: non-overlapping clips + resampling
     soundfile.write(long_wav, rng.normal(0, 0.1, 44100 * 73 // 10).astype(np.float32), 44100)
-    for path in (EXAMPLES / "speech.wav", long_wav):
+    common = []  # the other common rates keep ImageBind's exact resampler (not soxr)
+    for rate in (48000, 22050, 11025):
+        common.append(tmp_path / f"rate-{rate}.wav")
+        soundfile.write(common[-1], rng.normal(0, 0.1, rate * 3).astype(np.float32), rate)
+    for path in (EXAMPLES / "speech.wav", long_wav, *common):
         reference = ib_data.load_and_transform_audio_data([str(path)], "cpu")[0]
         assert torch.equal(load_input("audio", path), reference)
     # Stereo: ImageBind removes a mean taken over both channels before keeping channel 0.
