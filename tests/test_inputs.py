@@ -568,6 +568,9 @@ def test_video_duration_is_the_video_streams_own(ib_data, tmp_path):
         assert not container.streams.video[0].frames and container.streams.video[0].duration is None
         assert container.duration / 1e6 > 7
     assert torch.allclose(load_input("video", path), decord_reference(ib_data, path), atol=1e-5)
+    # Counting frames is bounded by the duration limit (packets only, no decoding).
+    with pytest.raises(InputError, match="short-video-long-audio.webm: video lasts more than 2 s, the limit"):
+        load_input("video", path, InputLimits(video_max_seconds=2))
 
 
 def write_tone(path: Path, rate: int, seconds: float = 1.0, channels: int = 1) -> Path:

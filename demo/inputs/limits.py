@@ -40,8 +40,7 @@ class InputLimits:
     video_max_frame_pixels: int = 3840 * 2160  # 4K UHD; each kept frame is resized to 224
     # Frames decoded (not kept) per video: seeking lands on the keyframe before each clip and
     # decodes forward, so a file with one keyframe would decode every frame. 5 clips x (a 10 s
-    # keyframe interval + 2 s) at 60 fps is 3,600; the same count bounds the packets read to
-    # count frames when the container records no video duration (.webm).
+    # keyframe interval + 2 s) at 60 fps is 3,600.
     video_max_decoded_frames: int = 20_000
 
     # --- audio ---

@@ -46,7 +46,7 @@ NUM_CROPS = 3
 
 
 def stream_duration(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, name: str, max_frames: int
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, name: str, max_seconds: float
 ) -> float:
     """Duration in seconds of the video stream (not of the container); decord's definition,
     frames / average rate, whenever the frame count is known or can be counted."""
@@ -56,12 +56,12 @@ def stream_duration(
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if rate:
-        frames = 0
+        frames, max_frames = 0, math.ceil(max_seconds * rate)
         for packet in container.demux(stream):  # packets only: no decoding
             if packet.size:  # the demuxer ends with an empty flush packet
                 frames += 1
                 if frames > max_frames:
-                    raise InputError(f"{name}: video has more than {max_frames} frames (limit)")
+                    raise InputError(f"{name}: video lasts more than {max_seconds:.0f} s, the limit")
         container.seek(0)
         if frames:
             return float(frames / rate)
@@ -173,7 +173,7 @@ def load_video(source: Source, limits: InputLimits, cancel: CancelToken | None =
         budget = VideoBudget(name, limits, cancel)
         views = []
         try:
-            duration = stream_duration(container, stream, name, limits.video_max_decoded_frames)
+            duration = stream_duration(container, stream, name, limits.video_max_seconds)
             if duration > limits.video_max_seconds:
                 raise InputError(f"{name}: video lasts {duration:.0f} s, over the limit of {limits.video_max_seconds:.0f} s")
             if duration <= 0:
