@@ -787,3 +787,11 @@ def test_cancelled_loading_stops_between_steps():
         with pytest.raises(Cancelled):
             load_input(modality, EXAMPLES / name, cancel=token)
         assert token.n == 0, f"{modality}: checked {checks - token.n} times, expected to stop at the {checks}th check"
+
+
+def test_ply_header_end_inside_a_comment_does_not_end_the_check(tmp_path):
+    path = tmp_path / "comment-end.ply"
+    path.write_text("ply\nformat ascii 1.0\ncomment end_header\n" + PLY_HEADER.split("\n", 2)[2].format(
+        before="", count="1000000", after="") + "0 0 0\n" * 40)
+    with pytest.raises(InputError, match="comment-end.ply: the PLY file is .* bytes shorter"):
+        load_input("point", path)

@@ -83,15 +83,22 @@ def read_ply_header(path: Path, name: str) -> tuple[bool, list[PlyElement], int]
     parser cannot read is refused, so that no header escapes the size check."""
     with path.open("rb") as handle:
         header = handle.read(HEADER_MAX_BYTES)
-    end = header.find(b"end_header")
-    if not header.startswith(b"ply") or end < 0:
+    words: list[str] = []
+    data_start = offset = None if not header.startswith(b"ply") else 0
+    for line in header.splitlines(keepends=True) if offset is not None else []:
+        offset += len(line)
+        line_words = line.decode("ascii", "replace").split()
+        if line_words[:1] in (["comment"], ["obj_info"]):  # to the end of the line, whatever it says
+            continue
+        if "end_header" in line_words:
+            words += line_words[: line_words.index("end_header")]
+            data_start = offset
+            break
+        words += line_words
+    if not data_start:
         raise InputError(f"{name}: not a PLY file (no 'ply ... end_header' header in its first "
                          f"{HEADER_MAX_BYTES // 1024} KiB)")
-    data_start = header.index(b"\n", end) + 1 if b"\n" in header[end:] else len(header)
-    words: list[str] = []
-    for line in header[3:end].decode("ascii", "replace").splitlines():
-        if line.split()[:1] not in (["comment"], ["obj_info"]):
-            words += line.split()
+    words = words[1:]  # "ply"
     binary, elements, i = None, [], 0
     try:
         while i < len(words):
