@@ -635,6 +635,9 @@ def test_npz_and_pt_sizes_are_checked_before_decompressing(tmp_path):
     limits = InputLimits(point_max_decoded_bytes=2**20)
     with pytest.raises(InputError, match="bomb.npz: .npz archive decompresses to 4 MiB, over the limit of 1 MiB"):
         load_input("point", bomb, limits)
+    np.save(tmp_path / "wide.npy", np.zeros((1000, 100)))  # 800 KB of columns beyond x, y, z
+    with pytest.raises(InputError, match=r"wide.npy: array of 0.8 MiB, over the limit of 0.2 MiB"):
+        load_input("point", tmp_path / "wide.npy", InputLimits(point_max_decoded_bytes=2**18))
     # A torch file whose pickled structure is long (harmless, but slow to unpickle).
     torch.save(list(range(50_000)), tmp_path / "long-pickle.pt")
     with pytest.raises(InputError, match="long-pickle.pt: its object structure is .* bytes, over the limit"):

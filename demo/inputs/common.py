@@ -60,14 +60,19 @@ def check_file(source: Any, modality: str, max_bytes: int) -> Path:
     return path
 
 
-def load_npy(path: Path) -> np.ndarray:
+def load_npy(path: Path, max_bytes: int | None = None) -> np.ndarray:
     """The array in a .npy file, never unpickling, read into memory. Raises numpy's errors
-    (ValueError, OSError, EOFError) for the caller to name in its own terms.
+    (ValueError, OSError, EOFError) for the caller to name in its own terms, and InputError when
+    the array is over `max_bytes` (checked before the copy).
 
     Memory-mapping first makes numpy check that the file holds as many bytes as its header
     announces, so a 100-byte file claiming 10^10 values is refused instead of allocating 37 GiB.
     """
-    return np.array(np.load(path, mmap_mode="r", allow_pickle=False))  # a plain in-memory copy
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if max_bytes is not None and mapped.nbytes > max_bytes:
+        raise InputError(f"{describe(path)}: array of {mapped.nbytes / 2**20:.1f} MiB, over the limit of "
+                         f"{max_bytes / 2**20:.1f} MiB")
+    return np.array(mapped)  # a plain in-memory copy
 
 
 def scrub_paths(message: str, source: Any) -> str:

@@ -264,7 +264,7 @@ READERS: dict[str, Callable[[Path, InputLimits], np.ndarray]] = {
     ".xyz": read_open3d_cloud,
     ".pts": read_open3d_cloud,
     ".obj": read_open3d_mesh,
-    ".npy": lambda path, limits: load_npy(path),  # memory-mapped: sized from its header
+    ".npy": lambda path, limits: load_npy(path, limits.point_max_decoded_bytes),  # sized from its header
     ".npz": read_npz,
     ".pt": read_pt,
 }
