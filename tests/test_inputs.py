@@ -730,7 +730,7 @@ def test_text_words_and_cache_are_bounded():
     cache = BoundedCache({"<pinned>": "<pinned>"}, size=2)
     for word in "abcd":
         cache[word] = word
-    cache["c"]  # used: kept over "d"... no, "c" is now the newest
+    cache["c"]  # a lookup makes "c" the most recently used: "d" is evicted next
     cache["e"] = "e"
     assert list(cache) == ["<pinned>", "c", "e"]
 

@@ -9,8 +9,9 @@ frames, normalise with AudioSet statistics.
 Resampling: torchaudio's sinc resampler (ImageBind's) builds a kernel of about
 (16000 / g) x (rate / g) values, g = gcd(rate, 16000): tiny for every common rate (44.1 kHz:
 76 k values), 2 GB for 16001 Hz. Rates whose kernel would exceed RESAMPLE_KERNEL_MAX go through
-soxr instead (linear cost whatever the rate, a difference of about 1e-4 from torchaudio's
-output), so common rates stay bit-identical to ImageBind.
+soxr instead (linear cost whatever the rate; its anti-aliasing filter differs from torchaudio's
+near 8 kHz: on white noise resampled from 44.1 kHz, log-mel clips differ by 0.007 on average,
+at most 0.8 in the top mel bins), so common rates stay bit-identical to ImageBind.
 """
 
 from __future__ import annotations
