@@ -320,10 +320,9 @@ def add_budget_cases(add: Callable[..., None], out: Path) -> None:
         b"VERSION .7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 5000000\nHEIGHT 1\n"
         b"POINTS 5000000\nDATA binary\n" + bytes(1200), budget_s=fast, hostile=True)
     # --- the OBJ reader must read geometry only: never a material or texture file it names ---
-    _png_bomb_texture = out / "texture-bomb.png"
-    png_bomb(_png_bomb_texture, 20_000)
+    texture = out / "bomb-20000px.png"  # written above: 400 MP if anything decoded it
     add("mesh-with-texture.obj", "point", "answer", "mtllib naming a server file and a 400 MP texture",
-        lambda p: (p.with_suffix(".mtl").write_text(f"newmtl m\nmap_Kd {_png_bomb_texture}\n"),
+        lambda p: (p.with_suffix(".mtl").write_text(f"newmtl m\nmap_Kd {texture}\n"),
                    p.write_text(f"mtllib /etc/passwd\nmtllib {p.with_suffix('.mtl')}\nusemtl m\n"
                                 "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nvt 0 0\n"
                                 "f 1/1 2/1 3/1\nf 1/1 3/1 4/1\nf 1 2 5\n")), hostile=True)

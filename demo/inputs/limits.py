@@ -92,8 +92,9 @@ class InputLimits:
     # worker. Older turns beyond the budget are dropped; a question alone over it is an error.
     prompt_max_chars: int = 16_000
     # The budget above counts the template too ("### Instruction:" ... per turn). Beyond this
-    # many earlier turns the oldest are dropped before anything is counted: each turn costs at
-    # least ~12 tokens of template, so more than ~170 can never fit LLaMA's 2,048-token context.
+    # many earlier turns the oldest are dropped before anything is counted: each turn adds about
+    # a dozen tokens of template ("### Instruction:", "### Response:", line breaks), so a few
+    # hundred turns cannot fit LLaMA's 2,048-token context anyway.
     prompt_max_turns: int = 256
 
     # --- work running at once ---
