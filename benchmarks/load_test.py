@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/load_test.py                          # 8 users, 200 requests
     .venv/bin/python benchmarks/load_test.py --users 16 --max-queue 4 --requests 200
+    .venv/bin/python benchmarks/load_test.py --attack                 # bad-input corpus + attacks
 
 Starts its own server on a free 127.0.0.1 port (nothing else is contacted) with the app's bounded
 queue, and sends a fixed number of /chat requests (text-only, image, audio in turn) from N
@@ -10,6 +11,14 @@ cleanly by the queue ("Queue is full"); anything else is counted as a failure. P
 percentiles of completed requests, the server's resident memory every 20 requests, and whether
 memory grew from the first half of the run to the second. Bounded in count (--requests) and in
 time (--max-seconds); prints numbers and exits 1 only if a request failed or the server died.
+
+--attack measures the per-request budget (issue 12) instead, on the same kind of server:
+1. memory: the server's RSS when warm, then after the whole bad-input corpus
+   (scripts/bad_inputs.py) sent one file at a time (goal: back within 100 MB of the warm level);
+2. waiting: one user asks normal questions (an image) back to back while an attacker sends the
+   corpus's hostile files (tiny files that cost gigabytes or minutes without the budget) and a
+   history of 8,000 one-letter turns; prints the worst time the user's request took, next to the
+   time the same request takes alone (goal: at most that plus 2 s).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from local_app import LocalApp  # noqa: E402
 
 MiB = 2**20
+sys.path.insert(0, str(ROOT / "scripts"))
 INPUTS = [([], []), ([ROOT / "examples" / "chelsea.png"], ["image"]), ([ROOT / "examples" / "speech.wav"], ["audio"])]
 
 
@@ -41,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-queue", type=int, default=32, help="the app's --max-queue (default: %(default)s)")
     parser.add_argument("--max-seconds", type=float, default=480, help="stop sending after this (default: %(default)s)")
     parser.add_argument("--sample-every", type=int, default=20, help="RSS sample period, in requests")
+    parser.add_argument("--attack", action="store_true", help="measure the per-request budget (see above)")
+    parser.add_argument("--corpus", type=Path, default=Path("/tmp/bad_inputs_corpus"),
+                        help="where --attack writes the bad-input corpus (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.attack:
+        return attack(args)
 
     from gradio_client import Client, handle_file
 
@@ -122,6 +137,85 @@ def main(argv: list[str] | None = None) -> int:
         print("FAILED", failure)
     print("server alive:", alive)
     return 0 if alive and not outcomes["failed"] else 1
+
+
+def attack(args: argparse.Namespace) -> int:
+    """The --attack measurement (module docstring): memory after the corpus, worst wait under attack."""
+    import bad_inputs
+    from gradio_client import Client, handle_file
+
+    cases = bad_inputs.generate(args.corpus)
+    hostile = [case for case in cases if case.hostile]
+    image = [handle_file(str(ROOT / "examples" / "chelsea.png"))]
+    settings = {"max_new_tokens": args.tokens, "temperature": 0.0}
+
+    def normal_request(client: Client) -> float:
+        start = time.monotonic()
+        client.predict("What is in the picture?", image, ["image"], None, [], settings, api_name="/chat")
+        return time.monotonic() - start
+
+    with LocalApp("--max-file-size", "200mb", "--concurrency", str(args.concurrency),
+                  "--max-queue", str(args.max_queue)) as server:
+        client = Client(server.url, verbose=False)
+        # Warm: every decoder and tower used by the usable corpus files is loaded once.
+        bad_inputs.run_app(server.url, [case for case in cases if case.expect == "answer"])
+        warm_rss = server.rss() / MiB
+        alone = sorted(normal_request(client) for _ in range(5))[2]  # median of 5, nobody else
+        started = time.monotonic()
+        outcomes = bad_inputs.run_app(server.url, cases)
+        corpus_s = time.monotonic() - started
+        after_rss = server.rss() / MiB
+        problems = [f"{o.case.name}: {p}" for o in outcomes for p in o.problems()]
+
+        # The waiting measurement: a victim thread asks, an attacker sends the hostile files.
+        waits: list[float] = []
+        attacking = threading.Event()
+        attacking.set()
+
+        def victim() -> None:
+            own = Client(server.url, verbose=False)
+            while attacking.is_set():
+                waits.append(normal_request(own))
+            own.close()
+
+        thread = threading.Thread(target=victim, daemon=True)
+        thread.start()
+        time.sleep(alone)  # the victim is being served when the attack starts
+        attack_started = time.monotonic()
+        attack_outcomes = bad_inputs.run_app(server.url, hostile)
+        history = [["a", "b"]] * 8000  # within the character budget without its template
+        start = time.monotonic()
+        try:
+            client.predict("And now?", [], [], None, history, settings, api_name="/chat")
+            history_outcome = "answered"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            history_outcome = f"{type(exc).__name__}: {str(exc)[:80]}"
+        history_s = time.monotonic() - start
+        attack_s = time.monotonic() - attack_started
+        attacking.clear()
+        thread.join(timeout=120)
+        final_rss = server.rss() / MiB
+        alive = server.alive
+        client.close()
+
+    worst = max(waits) if waits else float("nan")
+    import os
+
+    print(f"machine: {os.cpu_count()} CPU cores, no GPU; app: tiny preset, --concurrency "
+          f"{args.concurrency}, max_new_tokens {args.tokens}")
+    print(f"corpus: {len(cases)} files sent one at a time in {corpus_s:.0f} s; problems: {len(problems)}")
+    for problem in problems[:20]:
+        print("  PROBLEM", problem)
+    print(f"server RSS: warm {warm_rss:.0f} MiB, after the corpus {after_rss:.0f} MiB "
+          f"({after_rss - warm_rss:+.0f} MiB; goal: within +100), after the attack {final_rss:.0f} MiB")
+    print(f"attack: {len(hostile)} hostile files in {sum(o.seconds for o in attack_outcomes):.1f} s "
+          f"(slowest {max(o.seconds for o in attack_outcomes):.2f} s: "
+          f"{max(attack_outcomes, key=lambda o: o.seconds).case.name}); 8,000-turn history: "
+          f"{history_outcome} in {history_s:.2f} s; attack lasted {attack_s:.1f} s")
+    print(f"normal request (an image): {alone:.2f} s alone; during the attack {len(waits)} requests, "
+          f"worst {worst:.2f} s (goal: at most {alone + 2:.2f} s)")
+    print("server alive:", alive)
+    return 0 if alive else 1
 
 
 if __name__ == "__main__":

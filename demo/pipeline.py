@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,8 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from .arithmetic import mix_embeddings, normalised_weights
+from .cancel import CancelToken, check
 from .config import GenerationConfig
-from .errors import InputError, PromptTooLongError
+from .errors import BadInputError, InputError, PromptTooLongError
 from .generation import GenerationState, stream_tokens
 from .modalities import get_modality
 from .prompt import STOP_STRINGS, format_prompt
@@ -89,6 +91,8 @@ class ImageBindLLMPipeline:
         self.cache_defaults = CacheConfig(enabled=cache is not None)
         self._blank: torch.Tensor | None = None
         self._blank_lock = threading.Lock()
+        # Encodings running at once (limits.max_running_encodes, read here): see `_encode_slot`.
+        self._encode_slots = threading.BoundedSemaphore(self.limits.max_running_encodes)
 
     # ------------------------------------------------------------------------------------------
     # Loading
@@ -131,30 +135,56 @@ class ImageBindLLMPipeline:
     # ------------------------------------------------------------------------------------------
     # 1. Inputs -> conditioning
     # ------------------------------------------------------------------------------------------
-    def embed(self, item: InputItem) -> torch.Tensor:
-        """One input -> its L2-normalised ImageBind embedding, (E,) float32 on the CPU."""
+    def embed(self, item: InputItem, *, cancel: CancelToken | None = None) -> torch.Tensor:
+        """One input -> its L2-normalised ImageBind embedding, (E,) float32 on the CPU.
+
+        Waits for an encoding slot (see `encode`); raises `Cancelled` once `cancel` is cancelled."""
+        with self._encode_slot(cancel):
+            return self._embed(item, cancel)
+
+    def _embed(self, item: InputItem, cancel: CancelToken | None) -> torch.Tensor:
         from .inputs.registry import load_input
 
         modality = _modality(item.modality)
-        sample = load_input(modality, item.source, self.limits)
+        sample = load_input(modality, item.source, self.limits, cancel=cancel)
         if modality == "embedding":
             vector = sample
             if vector.shape[-1] != self.embed_dim:
                 raise InputError(f"{item.display_name}: embedding has {vector.shape[-1]} values, this model uses {self.embed_dim}")
         else:
-            vector = self.encoder.encode(modality, sample)
+            vector = self.encoder.encode(modality, sample, cancel=cancel)
         return F.normalize(vector.float().reshape(-1), dim=0).cpu()
+
+    @contextmanager
+    def _encode_slot(self, cancel: CancelToken | None) -> Iterator[None]:
+        """Hold one of `limits.max_running_encodes` slots while encoding.
+
+        The slot is released when the work really stops (the `with` block ends, normally or by
+        `Cancelled` at the next check), not when the client goes away: a web server's queue frees
+        its place at once when a request is cancelled, but the thread still decodes and encodes,
+        and a new request would run beside it. A request waiting for a slot stops waiting once
+        cancelled."""
+        while not self._encode_slots.acquire(timeout=0.05):
+            check(cancel)
+        try:
+            yield
+        finally:
+            self._encode_slots.release()
 
     @property
     def embed_dim(self) -> int:
         return int(self.encoder.config.out_dim)
 
-    def encode(self, inputs: Sequence[InputItem] = (), cache=None) -> Conditioning:
-        """Weighted inputs -> Conditioning. No inputs: the blank image, as in training."""
+    def encode(self, inputs: Sequence[InputItem] = (), cache=None, *, cancel: CancelToken | None = None) -> Conditioning:
+        """Weighted inputs -> Conditioning. No inputs: the blank image, as in training.
+
+        An input that cannot be used raises `BadInputError` (an InputError) whose `index` is its
+        position in `inputs` and `name` its display name, so a caller can drop it and retry.
+        `cancel` is checked between inputs and inside each input's loading and encoding."""
 
         cache = (cache or self.cache_defaults).check()
         notes: list[str] = []
-        items = [item for item in inputs if item.weight != 0]
+        items = [(index, item) for index, item in enumerate(inputs) if item.weight != 0]
         if inputs and not items:
             raise InputError("all input weights are zero: give at least one input a non-zero weight")
         if not items:
@@ -164,10 +194,18 @@ class ImageBindLLMPipeline:
             notes.append("no inputs: answering from text alone (blank-image conditioning)")
             neighbours = None
         else:
-            shares = normalised_weights([item.weight for item in items])
-            embeddings = [self.embed(item) for item in items]
-            embedding = mix_embeddings(embeddings, [item.weight for item in items])
-            mix = [(item.modality, item.display_name, share) for item, share in zip(items, shares)]
+            weights = [item.weight for _, item in items]
+            shares = normalised_weights(weights)
+            embeddings = []
+            with self._encode_slot(cancel):
+                for index, item in items:
+                    check(cancel)
+                    try:
+                        embeddings.append(self._embed(item, cancel))
+                    except InputError as exc:
+                        raise BadInputError(_named(str(exc), item), index, item.display_name) from None
+            embedding = mix_embeddings(embeddings, weights)
+            mix = [(item.modality, item.display_name, share) for (_, item), share in zip(items, shares)]
             neighbours = None
             if cache.enabled and self.cache is None:
                 notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
@@ -177,6 +215,7 @@ class ImageBindLLMPipeline:
                     notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
                 neighbours = self.cache.retrieve(embedding, k=k, temperature=cache.temperature, weight=cache.weight)
                 embedding = neighbours.embedding
+        check(cancel)
         terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
         return Conditioning(embedding, terms, mix, neighbours, notes)
 
@@ -194,7 +233,12 @@ class ImageBindLLMPipeline:
         self, question: str, history: Sequence[tuple[str, str]] = (), input_text: str | None = None, max_new_tokens: int = 0
     ) -> tuple[list[int], int]:
         """Token ids (BOS first) of the prompt, dropping the oldest turns until it fits the context
-        with room for `max_new_tokens`. Returns (ids, number of turns dropped)."""
+        with room for `max_new_tokens`. Returns (ids, number of turns dropped).
+
+        Linear in the history's size: turns beyond `limits.prompt_max_turns`, or beyond the
+        character budget counted with each turn's template, are dropped without being read, and
+        the number of turns that fits the context is found by bisection (at most ~9 tokenisations
+        of at most `prompt_max_chars` characters)."""
         tokenizer = self.model.tokenizer
         context = self.model.context_length
         history = list(history)
@@ -205,21 +249,35 @@ class ImageBindLLMPipeline:
             raise PromptTooLongError(
                 f"{what} {own} characters long, over the limit of {limit}. Shorten it by at least {own - limit} characters."
             )
-        # Turns that do not fit the character budget cannot fit the context either: skip them
-        # without tokenising (the loop below tokenises the whole prompt once per dropped turn).
-        first, budget = len(history), limit - own
-        while first > 0 and (budget := budget - sum(map(len, history[first - 1]))) >= 0:
-            first -= 1
-        for dropped in range(first, len(history) + 1):
+        # Character budget with the template: each kept turn costs its text plus TURN_TEMPLATE_CHARS.
+        first = max(len(history) - self.limits.prompt_max_turns, 0)
+        budget = limit - own
+        kept = len(history)
+        while kept > first and (budget := budget - sum(map(len, history[kept - 1])) - TURN_TEMPLATE_CHARS) >= 0:
+            kept -= 1
+        first = kept
+
+        def ids_without(dropped: int) -> list[int]:
             text = format_prompt(question, input_text, history[dropped:])
-            ids = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) + max_new_tokens <= context:
-                return ids, dropped
-        if len(ids) < context:  # fits, but leaves fewer new tokens than asked: generation is shortened
-            return ids, len(history)
+            return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+
+        # The fewest dropped turns whose prompt fits: more turns never take fewer tokens.
+        low, high = first, len(history)
+        best = ids_without(high)
+        if len(best) + max_new_tokens <= context:
+            while low < high:
+                middle = (low + high) // 2
+                ids = ids_without(middle)
+                if len(ids) + max_new_tokens <= context:
+                    high, best = middle, ids
+                else:
+                    low = middle + 1
+            return best, high
+        if len(best) < context:  # fits, but leaves fewer new tokens than asked: generation is shortened
+            return best, len(history)
         raise PromptTooLongError(
-            f"the question is {len(ids)} tokens long with the template; the model's context is {context} tokens. "
-            f"Shorten it by at least {len(ids) - context + 1} tokens."
+            f"the question is {len(best)} tokens long with the template; the model's context is {context} tokens. "
+            f"Shorten it by at least {len(best) - context + 1} tokens."
         )
 
     def stream(
@@ -269,6 +327,19 @@ class ImageBindLLMPipeline:
         tensors = {f"{i}:{item.modality}:{item.display_name}": self.embed(item) for i, item in enumerate(inputs)}
         save_file(tensors, str(path))
         return Path(path)
+
+
+# Characters one earlier turn adds to the prompt besides its question and answer.
+TURN_TEMPLATE_CHARS = len(format_prompt("", None, [("", "")])) - len(format_prompt("", None, []))
+
+
+def _named(message: str, item: InputItem) -> str:
+    """`message` (a loader's, which names the source by its file name) naming the input by its
+    display name, the name the user knows."""
+    source_name = Path(item.source).name if isinstance(item.source, (str, os.PathLike)) else None
+    if source_name and message.startswith(source_name + ":"):
+        return item.display_name + message[len(source_name):]
+    return message if message.startswith(item.display_name) else f"{item.display_name}: {message}"
 
 
 def _preset_folder(name: str, home: str | os.PathLike | None) -> Path:

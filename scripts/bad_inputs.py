@@ -12,9 +12,11 @@ Each case is a file with the modality it is sent as and what must happen:
   answer  the input is usable (e.g. a 10-minute recording within the limits): a normal answer;
   either  damaged bytes a decoder may or may not notice (a JPEG with a garbled middle still
           decodes): either of the above, but never an unexpected error, a hang or a crash.
-Every case must also finish within its time budget. The default corpus (76 files, 132 MiB)
-is sized so the test suite runs it in well under a minute; --full adds bigger and slower cases
-(a 10-gigapixel bomb, 10 minutes at 48 kHz, clouds and IMU series one over the limits).
+Every case must also finish within its time budget. The default corpus (about 110 files,
+135 MiB) is sized so the test suite runs it in well under a minute; --full adds bigger and slower
+cases (a 10-gigapixel bomb, 10 minutes at 48 kHz, clouds and IMU series one over the limits).
+Cases marked `hostile` are tiny files built to cost gigabytes or minutes without the per-request
+budget (issue 12): `benchmarks/load_test.py --attack` sends them while another user is served.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Case:
     expect: str  # "error", "answer" or "either" (see the module docstring)
     why: str
     budget_s: float = 20.0  # wall time allowed, generous for a loaded 2-core machine
+    hostile: bool = False  # small and cheap to send, costly without the budget: an attack
 
     @property
     def name(self) -> str:
@@ -156,13 +159,13 @@ def generate(out: str | os.PathLike, full: bool = False) -> list[Case]:
     cases: list[Case] = []
 
     def add(name: str, modality: str, expect: str, why: str, write: bytes | Callable[[Path], None] | None = None,
-            budget_s: float = 20.0) -> None:
+            budget_s: float = 20.0, hostile: bool = False) -> None:
         path = out / name
         if isinstance(write, bytes):
             path.write_bytes(write)
         elif write is not None:
             write(path)
-        cases.append(Case(path, modality, expect, why, budget_s))
+        cases.append(Case(path, modality, expect, why, budget_s, hostile))
 
     example = {name: (EXAMPLES / name).read_bytes() for name in (
         "chelsea.png", "rocket.jpg", "speech.wav", "trash-empty.ogg", "video.mp4", "mug.ply", "depth.png",
@@ -222,8 +225,8 @@ def generate(out: str | os.PathLike, full: bool = False) -> list[Case]:
     # --- long and large, but within the limits: a normal answer ---
     add("ten-minutes-8khz.wav", "audio", "answer", "10 minutes of audio, the limit",
         lambda p: write_wav(p, 600, 8_000), budget_s=40)
-    add("eleven-minutes-1khz.wav", "audio", "error", "11 minutes: over the duration limit (read from the header)",
-        lambda p: write_wav(p, 660, 1_000))
+    add("eleven-minutes-8khz.wav", "audio", "error", "11 minutes: over the duration limit (read from the header)",
+        lambda p: write_wav(p, 660, 8_000))
     add("ten-million-points.npy", "point", "answer", "10^7 points (120 MB), the limit",
         lambda p: np.save(p, np.random.default_rng(1).random((10_000_000, 3), dtype=np.float32)), budget_s=40)
     add("coincident-points.npy", "point", "error", "all points at one place: no shape",
@@ -258,6 +261,8 @@ def generate(out: str | os.PathLike, full: bool = False) -> list[Case]:
     add("pickled-object.npz", "point", "error", "pickle inside .npz",
         lambda p: np.savez(p, points=np.array([_Unpickled(pwned)], dtype=object)))
 
+    add_budget_cases(add, out)
+
     if full:
         add("ten-million-and-one-points.npy", "point", "error", "one point over the limit",
             lambda p: np.save(p, np.zeros((10_000_001, 3), np.float32)), budget_s=60)
@@ -267,6 +272,90 @@ def generate(out: str | os.PathLike, full: bool = False) -> list[Case]:
         add("too-many-imu-steps.npy", "imu", "error", "10^6 + 1 steps: over the limit",
             lambda p: np.save(p, np.zeros((1_000_001, 6), np.float32)), budget_s=60)
     return cases
+
+
+PLY_XYZ = "ply\nformat ascii 1.0\n{before}element vertex {count}\nproperty float x\nproperty float y\nproperty float z\n{after}end_header\n"
+
+
+def add_budget_cases(add: Callable[..., None], out: Path) -> None:
+    """Tiny files that cost gigabytes or minutes without a per-request budget (issue 12): each must
+    now be refused (or served) in well under a second and without a large allocation."""
+    import torch
+
+    fast = 5.0  # seconds for a refusal, from headers; a served case gets the normal budget
+    # --- aspect ratio: the short side goes to 224, the long side must not follow ---
+    add("strip-10000x1.png", "image", "error", "89-byte PNG, 10000x1: +1.7 GB resized", budget_s=fast, hostile=True,
+        write=lambda p: _png_gray(p, 10_000, 1))
+    add("strip-10000x1-thermal.png", "thermal", "error", "the same strip as a thermal image",
+        (out / "strip-10000x1.png").read_bytes(), budget_s=fast, hostile=True)
+    add("strip-2x10000-depth.npy", "depth", "error", "a 2x10000 depth map: +2 GB resized", budget_s=fast, hostile=True,
+        write=lambda p: np.save(p, np.ones((2, 10_000), np.float32)))
+    add("strip-1000x2.mp4", "video", "error", "2 KB video of 1000x2 frames: +4 GB resized", budget_s=fast,
+        hostile=True, write=lambda p: write_video(p, 1000, 2))
+    # --- sample rates: torchaudio's kernel grows with rate / gcd(rate, 16000) ---
+    add("awkward-16001hz.wav", "audio", "answer", "3 KB WAV at 16001 Hz: a 2 GB resampling kernel",
+        lambda p: write_wav(p, 0.1, 16_001), hostile=True)
+    add("awkward-32001hz.wav", "audio", "answer", "6 KB WAV at 32001 Hz: +8.3 GB",
+        lambda p: write_wav(p, 0.1, 32_001), hostile=True)
+    add("rate-1000hz.wav", "audio", "error", "1 kHz: below the sample-rate range",
+        lambda p: write_wav(p, 1.0, 1_000), budget_s=fast, hostile=True)
+    # --- decompressed and announced sizes, checked before reading ---
+    add("bomb-300mb.npz", "point", "error", "300 KB .npz inflating to 300 MB, over 256 MiB",
+        lambda p: _npz_bomb(p, 300 * 2**20), budget_s=fast, hostile=True)
+    add("long-pickle.pt", "point", "error", "a 100 KB harmless pickle: 28 s and +860 MB to unpickle",
+        lambda p: torch.save(list(range(30_000)), p), budget_s=fast, hostile=True)
+    add("long-pickle-embedding.pt", "embedding", "error", "the same as an embedding",
+        (out / "long-pickle.pt").read_bytes(), budget_s=fast, hostile=True)
+    for name, before, count, after in (
+        ("ply-claims-5e7.ply", "", "50000000", ""),
+        ("ply-claims-comments.ply", "comment padding\n" * 1001, "5000000", ""),
+        ("ply-claims-blank-line.ply", "\n", "5000000", ""),
+        ("ply-claims-plus-count.ply", "", "+5000000", ""),
+        ("ply-claims-later-list.ply", "", "40", "element face 5000000\nproperty list uchar int vertex_indices\n"),
+    ):
+        add(name, "point", "error", f"header announces far more rows than the file holds ({name[11:-4]})",
+            (PLY_XYZ.format(before=before, count=count, after=after) + "0 0 1\n1 0 0\n" * 20).encode(),
+            budget_s=fast, hostile=True)
+    add("pcd-claims.pcd", "point", "error", "PCD header announces 5,000,000 binary points",
+        b"VERSION .7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 5000000\nHEIGHT 1\n"
+        b"POINTS 5000000\nDATA binary\n" + bytes(1200), budget_s=fast, hostile=True)
+    # --- the OBJ reader must read geometry only: never a material or texture file it names ---
+    texture = out / "bomb-20000px.png"  # written above: 400 MP if anything decoded it
+    add("mesh-with-texture.obj", "point", "answer", "mtllib naming a server file and a 400 MP texture",
+        lambda p: (p.with_suffix(".mtl").write_text(f"newmtl m\nmap_Kd {texture}\n"),
+                   p.write_text(f"mtllib /etc/passwd\nmtllib {p.with_suffix('.mtl')}\nusemtl m\n"
+                                "v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nv 0 0 1\nvt 0 0\n"
+                                "f 1/1 2/1 3/1\nf 1/1 3/1 4/1\nf 1 2 5\n")), hostile=True)
+    # --- no Ghostscript: a .png holding PostScript ---
+    add("postscript.png", "image", "error", "PostScript named .png (Pillow would run gs)",
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\nshowpage\n",
+        budget_s=fast, hostile=True)
+    # --- text: one 65 KB word took 36 s (quadratic BPE) ---
+    add("one-long-word.txt", "text", "error", "a 60 KB word", b"a" * 60_000, budget_s=fast, hostile=True)
+    # --- names: a right-to-left override must not make the message show the server path ---
+    add("evil\u202egnp.wav", "audio", "error", "garbage under a U+202E file name",
+        b"RIFF" + bytes(range(256)) * 4, budget_s=fast, hostile=True)
+
+
+def _png_gray(path: Path, width: int, height: int) -> None:
+    """A valid 8-bit grayscale PNG of width x height black pixels."""
+    data = zlib.compress((b"\0" + bytes(width)) * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+
+
+def _npz_bomb(path: Path, size: int) -> None:
+    """An .npz whose one array inflates to `size` bytes of zeros, written 1 MiB at a time."""
+    import zipfile
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (size // 12, 3)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, \
+            archive.open("points.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array_header_1_0(member, header)
+        block = bytes(2**20)
+        for _ in range(size // 2**20):
+            member.write(block)
 
 
 def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:

@@ -201,3 +201,30 @@ def test_tiny_weights_are_seeded(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["point_trunk.pc_projection"], c["point_trunk.pc_projection"])
     assert type(a) is dict and any(k.startswith("modality_heads.point.") for k in a)
+
+
+def test_encoding_stops_at_the_next_check_once_cancelled(encoder):
+    from demo.cancel import CancelToken
+    from demo.errors import Cancelled
+
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        encoder.encode("image", sample("image"), cancel=token)
+
+    forwards = []
+    original = encoder._forward
+
+    class CancelledAfterTwoBatches(CancelToken):
+        def check(self):
+            if len(forwards) == 2:
+                self.cancel()
+            super().check()
+
+    encoder._forward = lambda key, batch: forwards.append(len(batch)) or original(key, batch)
+    try:
+        with pytest.raises(Cancelled):
+            encoder.encode_batch("imu", torch.randn(10, 6, 2000), batch_size=2, cancel=CancelledAfterTwoBatches())
+    finally:
+        del encoder._forward
+    assert forwards == [2, 2]  # stopped before the third of five batches

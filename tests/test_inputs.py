@@ -102,8 +102,9 @@ def test_garbage_bytes_are_rejected(modality, tmp_path):
     path.write_bytes(bytes(range(256)) * 4)
     if modality == "text":  # any bytes that are not UTF-8
         path.write_bytes(b"\xff\xfe\xfa" * 100)
-    with pytest.raises(InputError, match=re.escape(str(path))):
+    with pytest.raises(InputError, match=re.escape(path.name)) as info:
         load_input(modality, path)
+    assert str(tmp_path) not in str(info.value)  # the file's name, never the server's folder
 
 
 def test_file_size_limit_is_checked_before_decoding():
@@ -201,13 +202,31 @@ def test_audio_matches_imagebind(ib_data, tmp_path):
     rng = np.random.default_rng(0)
     long_wav = tmp_path / "long.wav"  # 7.3 s at 44.1 kHz: non-overlapping clips + resampling
     soundfile.write(long_wav, rng.normal(0, 0.1, 44100 * 73 // 10).astype(np.float32), 44100)
-    for path in (EXAMPLES / "speech.wav", long_wav):
+    common = []  # the other common rates keep ImageBind's exact resampler (not soxr)
+    for rate in (48000, 22050, 11025):
+        common.append(tmp_path / f"rate-{rate}.wav")
+        soundfile.write(common[-1], rng.normal(0, 0.1, rate * 3).astype(np.float32), rate)
+    for path in (EXAMPLES / "speech.wav", long_wav, *common):
         reference = ib_data.load_and_transform_audio_data([str(path)], "cpu")[0]
         assert torch.equal(load_input("audio", path), reference)
     # Stereo: ImageBind removes a mean taken over both channels before keeping channel 0.
     stereo = EXAMPLES / "trash-empty.ogg"
     reference = ib_data.load_and_transform_audio_data([str(stereo)], "cpu")[0]
-    assert torch.allclose(load_input("audio", stereo), reference, atol=1e-4)
+    assert torch.equal(load_input("audio", stereo), reference)
+
+
+@pytest.mark.parametrize("seconds", [5.0, 9.0])  # overlapping clips (under 8 s), then apart
+def test_stereo_audio_matches_imagebind_exactly(ib_data, tmp_path, seconds):
+    # Channels with different offsets: ImageBind subtracts the mean of BOTH channels of each clip,
+    # in place (an overlapping clip sees the shifted samples), then fbank reads channel 0.
+    rng = np.random.default_rng(1)
+    count = int(44100 * seconds)
+    left = rng.normal(0.3, 0.1, count) + np.linspace(0, 0.2, count)
+    right = rng.normal(-0.5, 0.2, count)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, np.stack([left, right], 1).astype(np.float32), 44100, subtype="FLOAT")
+    reference = ib_data.load_and_transform_audio_data([str(path)], "cpu")[0]
+    assert torch.equal(load_input("audio", path), reference)
 
 
 def test_audio_errors(tmp_path):
@@ -288,7 +307,7 @@ def test_single_frame_video_repeats_the_frame(tmp_path):
 def test_video_limits_and_determinism():
     with pytest.raises(InputError, match="video.mp4: video lasts 5 s, over the limit of 2 s"):
         load_input("video", EXAMPLES / "video.mp4", InputLimits(video_max_seconds=2))
-    with pytest.raises(InputError, match="frames are 320x240"):
+    with pytest.raises(InputError, match="each frame is 320x240"):
         load_input("video", EXAMPLES / "video.mp4", InputLimits(video_max_frame_pixels=1000))
     assert torch.equal(load_input("video", EXAMPLES / "video.mp4"), load_input("video", EXAMPLES / "video.mp4"))
 
@@ -470,3 +489,312 @@ def test_embedding_errors():
         load_input("embedding", torch.zeros(1024))
     with pytest.raises(InputError, match="NaN"):
         load_input("embedding", torch.full((1024,), float("nan")))
+
+
+# ----------------------------------------------------------------------------- budgets (issue 12)
+# Each input below costs gigabytes or minutes without its budget; with it, it is refused (or
+# served) in milliseconds. Sizes are the smallest that show the defect.
+
+
+def peak_rss_growth(action) -> int:
+    """Bytes by which the process's peak resident memory grew while `action()` ran."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    action()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # Linux: KiB
+
+
+def png_strip(path: Path, width: int, height: int, mode: str = "RGB") -> Path:
+    Image.new(mode, (width, height)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("modality", ["image", "thermal"])
+def test_elongated_images_are_refused_before_decoding(tmp_path, modality):
+    # 10000x1: resizing the short side to 224 would make a 2,240,000 x 224 image (1.5 GB).
+    strip = png_strip(tmp_path / "strip.png", 10_000, 1)
+    with pytest.raises(InputError, match=r"strip.png: image is 10000x1, 10000 times longer than wide; the limit is 20:1"):
+        load_input(modality, strip)
+    panorama = png_strip(tmp_path / "panorama.png", 1000, 100)  # 10:1, a phone panorama
+    assert load_input(modality, panorama).shape[-2:] == (224, 224)
+
+
+def test_elongated_depth_maps_are_refused(tmp_path):
+    np.save(tmp_path / "strip.npy", np.ones((2, 10_000), np.float32))
+    with pytest.raises(InputError, match="strip.npy: depth map is 10000x2"):
+        load_input("depth", tmp_path / "strip.npy")
+    png_strip(tmp_path / "strip.png", 10_000, 1, "I;16")
+    with pytest.raises(InputError, match="strip.png: image is 10000x1"):
+        load_input("depth", tmp_path / "strip.png")
+    with pytest.raises(InputError, match="depth map is 3x5000"):
+        load_input("depth", np.ones((5000, 3)))
+
+
+def test_elongated_video_frames_are_refused(tmp_path):
+    path = tmp_path / "strip.mp4"
+    write_video(path, [np.zeros((2, 1000, 3), np.uint8)] * 2)  # 1000x2: +4 GB before the budget
+    with pytest.raises(InputError, match="strip.mp4: each frame is 1000x2, 500 times longer than wide"):
+        load_input("video", path)
+
+
+def test_video_decoded_frames_are_budgeted():
+    # One keyframe and a long video would decode every frame up to each clip.
+    with pytest.raises(InputError, match=r"video.mp4: reaching the 5 clips needs more than 10 decoded frames"):
+        load_input("video", EXAMPLES / "video.mp4", InputLimits(video_max_decoded_frames=10))
+
+
+def test_video_duration_is_the_video_streams_own(ib_data, tmp_path):
+    # A .webm records no video duration; its container lasts as long as its longest stream, here
+    # the audio (8 s), while the video has 30 frames at 10 fps (3 s): clips must stay in the video.
+    import av
+
+    path = tmp_path / "short-video-long-audio.webm"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libvpx-vp9", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("libopus", rate=48000)
+        audio.layout = "mono"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="rgb24")
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for start in range(0, 48000 * 8, 960):
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts = 48000, start
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode())
+    with av.open(str(path)) as container:  # the premise: no frame count or duration in the stream
+        assert not container.streams.video[0].frames and container.streams.video[0].duration is None
+        assert container.duration / 1e6 > 7
+    assert torch.allclose(load_input("video", path), decord_reference(ib_data, path), atol=1e-5)
+    # Counting frames is bounded by the duration limit (packets only, no decoding).
+    with pytest.raises(InputError, match="short-video-long-audio.webm: video lasts more than 2 s, the limit"):
+        load_input("video", path, InputLimits(video_max_seconds=2))
+
+
+def write_tone(path: Path, rate: int, seconds: float = 1.0, channels: int = 1) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t))[:, None].repeat(channels, 1)
+    soundfile.write(path, tone.astype(np.float32), rate, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000, 192000])
+def test_common_sample_rates_take_imagebinds_exact_resampler(rate):
+    from demo.inputs.audio import RESAMPLE_KERNEL_MAX, sinc_kernel_size
+
+    assert sinc_kernel_size(rate) <= RESAMPLE_KERNEL_MAX
+
+
+def test_kernel_size_formula_is_torchaudios():
+    from torchaudio.functional.functional import _get_sinc_resample_kernel
+
+    from demo.inputs.audio import sinc_kernel_size
+
+    for rate in (8000, 11025, 22050, 37800, 44100, 44056, 48000):
+        kernel, _ = _get_sinc_resample_kernel(rate, 16000, math.gcd(rate, 16000), 6, 0.99, "sinc_interp_hann", None)
+        assert kernel.numel() == sinc_kernel_size(rate), rate
+
+
+@pytest.mark.parametrize("rate", [16001, 32001, 44057])
+def test_awkward_sample_rates_cost_little(tmp_path, rate):
+    # torchaudio's kernel for 16001 -> 16000 Hz holds 256 M values (+4.1 GB for a 3 KB file).
+    path = write_tone(tmp_path / f"tone-{rate}.wav", rate, seconds=1.0, channels=2)
+    reference = load_input("audio", write_tone(tmp_path / "tone-16000.wav", 16000, seconds=1.0))
+    result = []
+    grown = peak_rss_growth(lambda: result.append(load_input("audio", path)))
+    assert grown < 300 * 2**20, f"{grown / 2**20:.0f} MiB"
+    # The same tone at (almost) the same rate: nearly the same log-mel clips.
+    assert (result[0] - reference).abs().mean() < 0.05
+
+
+def test_sample_rate_range_and_decoded_size(tmp_path):
+    with pytest.raises(InputError, match="low.wav: sample rate 1000 Hz is outside the accepted 4000-384000 Hz"):
+        load_input("audio", write_tone(tmp_path / "low.wav", 1000))
+    with pytest.raises(InputError, match=r"speech.wav: audio holds \d+ x 1 samples, over the limit of 1000"):
+        load_input("audio", EXAMPLES / "speech.wav", InputLimits(audio_max_samples=1000))
+
+
+def zip_bomb(path: Path, member: str, size: int) -> Path:
+    """A zip whose one member inflates to `size` zero bytes (a .npy header first)."""
+    import zipfile
+
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(0, np.float32))
+    header["shape"] = (size // 12, 3)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive, archive.open(member, "w", force_zip64=True) as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for _ in range(size // 2**20):
+            out.write(bytes(2**20))
+    return path
+
+
+def test_npz_and_pt_sizes_are_checked_before_decompressing(tmp_path):
+    bomb = zip_bomb(tmp_path / "bomb.npz", "points.npy", 4 * 2**20)  # 4 KB on disk
+    assert bomb.stat().st_size < 20_000
+    limits = InputLimits(point_max_decoded_bytes=2**20)
+    with pytest.raises(InputError, match="bomb.npz: .npz archive decompresses to 4 MiB, over the limit of 1 MiB"):
+        load_input("point", bomb, limits)
+    np.save(tmp_path / "wide.npy", np.zeros((1000, 100)))  # 800 KB of columns beyond x, y, z
+    with pytest.raises(InputError, match=r"wide.npy: array of 0.8 MiB, over the limit of 0.2 MiB"):
+        load_input("point", tmp_path / "wide.npy", InputLimits(point_max_decoded_bytes=2**18))
+    # A torch file whose pickled structure is long (harmless, but slow to unpickle).
+    torch.save(list(range(50_000)), tmp_path / "long-pickle.pt")
+    with pytest.raises(InputError, match="long-pickle.pt: its object structure is .* bytes, over the limit"):
+        load_input("point", tmp_path / "long-pickle.pt")
+    torch.save(list(range(50_000)), tmp_path / "long-pickle-embedding.pt")
+    with pytest.raises(InputError, match="long-pickle-embedding.pt: its object structure"):
+        load_input("embedding", tmp_path / "long-pickle-embedding.pt")
+
+
+PLY_HEADER = "ply\nformat ascii 1.0\n{before}element vertex {count}\nproperty float x\nproperty float y\nproperty float z\n{after}end_header\n"
+
+
+@pytest.mark.parametrize("before, count, after", [
+    ("", "1000000", ""),  # the plain claim
+    ("comment x\n" * 1001, "1000000", ""),  # past a line-count limit on the header
+    ("\n", "1000000", ""),  # a blank header line (rply reads on)
+    ("", "+1000000", ""),  # a "+N" count (rply accepts it)
+    ("", "40", "element face 1000000\nproperty list uchar int vertex_indices\n"),  # a later list element
+])
+def test_ply_header_counts_are_checked_against_the_file_size(tmp_path, before, count, after):
+    path = tmp_path / "claims.ply"
+    path.write_text(PLY_HEADER.format(before=before, count=count, after=after) + "0 0 0\n" * 40)
+    with pytest.raises(InputError, match="claims.ply: the PLY file is .* bytes shorter than its header announces"):
+        load_input("point", path)
+
+
+def test_ply_and_pcd_counts_over_the_limit(tmp_path):
+    path = tmp_path / "many.ply"
+    path.write_text(PLY_HEADER.format(before="", count="50000000", after="") + "0 0 0\n")
+    with pytest.raises(InputError, match="many.ply: cloud has 50000000 points, over the limit"):
+        load_input("point", path)
+    pcd = tmp_path / "claims.pcd"
+    pcd.write_text("VERSION .7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 1000000\nHEIGHT 1\n"
+                   "POINTS 1000000\nDATA binary\n" + "\0" * 1200)
+    with pytest.raises(InputError, match="claims.pcd: the PCD header announces 1000000 points"):
+        load_input("point", pcd)
+    xyz = tmp_path / "lines.xyz"
+    xyz.write_text("0 0 1\n1 0 0\n" * 100)
+    with pytest.raises(InputError, match="lines.xyz: cloud has 199 points, over the limit of 50"):
+        load_input("point", xyz, InputLimits(point_max_count=50))
+
+
+def test_obj_reader_reads_geometry_only(tmp_path, monkeypatch):
+    import open3d
+
+    # A material file elsewhere on the server, naming a texture: neither may be opened.
+    secret = tmp_path / "server"
+    secret.mkdir()
+    (secret / "x.mtl").write_text("newmtl m\nmap_Kd texture.png\n")
+    png_strip(secret / "texture.png", 64, 64)
+    path = tmp_path / "mesh.obj"
+    path.write_text(f"mtllib {secret / 'x.mtl'}\nusemtl m\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvn 0 0 1\n"
+                    "f 1/1/1 2/1/1 3/1/1\nf 1//1 3//1 4//1\n")
+    read = open3d.io.read_triangle_mesh
+    seen = []
+    monkeypatch.setattr(open3d.io, "read_triangle_mesh", lambda p, *a, **k: seen.append(Path(p).read_text()) or read(p, *a, **k))
+    points = load_input("point", path)
+    assert torch.all(points[:, 2] == 0) and len(torch.unique(points, dim=0)) > 8000
+    assert seen == ["v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3\nf 1 3 4\n"]  # no mtllib, no texture
+    with pytest.raises(InputError, match="mesh.obj: mesh has more than 1 faces"):
+        load_input("point", path, InputLimits(point_max_faces=1))
+
+
+def test_postscript_in_a_png_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append(a) or Image.new("RGB", (8, 8)))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    path = tmp_path / "vector.png"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
+    for modality in ("image", "thermal", "depth"):
+        with pytest.raises(InputError, match="vector.png: not a readable image"):
+            load_input(modality, path)
+    assert not calls
+
+
+def test_text_words_and_cache_are_bounded():
+    from demo.inputs.text import CACHE_WORDS, BoundedCache, imagebind_tokenizer
+
+    with pytest.raises(InputError, match="text: a word of 5000 characters .* over the limit of 1000"):
+        tokenize_text("a" + "b" * 4999)  # a 65 KB word took 36 s (quadratic BPE)
+    with pytest.raises(InputError, match="over the limit of 100 bytes"):
+        tokenize_text("word " * 100, InputLimits(text_max_bytes=100))
+    tokenizer = imagebind_tokenizer()
+    assert isinstance(tokenizer.cache, BoundedCache)
+    for i in range(200):
+        tokenize_text(f"word{'x' * (i % 7)}q{i} " * 3)
+    assert len(tokenizer.cache) <= CACHE_WORDS + 2
+    cache = BoundedCache({"<pinned>": "<pinned>"}, size=2)
+    for word in "abcd":
+        cache[word] = word
+    cache["c"]  # a lookup makes "c" the most recently used: "d" is evicted next
+    cache["e"] = "e"
+    assert list(cache) == ["<pinned>", "c", "e"]
+
+
+@pytest.mark.parametrize("text", [
+    "A dog &amp; a cat, on the <b>mat</b>!",
+    "Ünïcödé — 中文字符 and emoji 🐶🐱 " * 3,
+    "word " * 500,  # cut at 77
+    "<|startoftext|> special <|endoftext|> tokens",
+    "Numbers 12345 and it's what they've done. " * 20,
+])
+def test_bounded_tokenizer_gives_imagebinds_ids(text):
+    from demo.inputs.text import imagebind_tokenizer
+
+    assert torch.equal(tokenize_text(text), imagebind_tokenizer()(text).long())
+
+
+def test_errors_name_the_file_never_its_folder(tmp_path):
+    # A right-to-left override in the name: the message must still show no server folder.
+    folder = tmp_path / "uploads" / "3f2a9c"
+    folder.mkdir(parents=True)
+    cases = {"audio": "evil\u202egnp.wav", "video": "clip\u202e.mp4", "point": "cloud\u202e.ply", "image": "x\u202e.png",
+             "embedding": "e\u202e.pt", "imu": "i\u202e.csv"}
+    for modality, name in cases.items():
+        (folder / name).write_bytes(b"\x00garbage" * 50)
+        with pytest.raises(InputError) as info:
+            load_input(modality, folder / name)
+        assert name in str(info.value) and "uploads" not in str(info.value), str(info.value)
+        assert type(info.value).__mro__[0] is InputError  # never a bare ValueError / RuntimeError
+
+
+def test_cancelled_loading_stops_between_steps():
+    from demo.cancel import CancelToken
+    from demo.errors import Cancelled
+
+    token = CancelToken()
+    token.cancel()
+    for modality, name in EXAMPLE_FILES.items():
+        with pytest.raises(Cancelled):
+            load_input(modality, EXAMPLES / name, cancel=token)
+
+    class CancelAfter(CancelToken):
+        """Cancelled by its `n`-th check: the work stops mid-file, not only at its start."""
+
+        def __init__(self, n: int):
+            super().__init__()
+            self.n = n
+
+        def check(self) -> None:
+            self.n -= 1
+            if self.n <= 0:
+                self.cancel()
+            super().check()
+
+    for modality, name, checks in (("video", "video.mp4", 5), ("audio", "speech.wav", 3), ("point", "mug.ply", 3)):
+        token = CancelAfter(checks)
+        with pytest.raises(Cancelled):
+            load_input(modality, EXAMPLES / name, cancel=token)
+        assert token.n == 0, f"{modality}: checked {checks - token.n} times, expected to stop at the {checks}th check"
+
+
+def test_ply_header_end_inside_a_comment_does_not_end_the_check(tmp_path):
+    path = tmp_path / "comment-end.ply"
+    path.write_text("ply\nformat ascii 1.0\ncomment end_header\n" + PLY_HEADER.split("\n", 2)[2].format(
+        before="", count="1000000", after="") + "0 0 0\n" * 40)
+    with pytest.raises(InputError, match="comment-end.ply: the PLY file is .* bytes shorter"):
+        load_input("point", path)

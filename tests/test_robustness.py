@@ -211,3 +211,106 @@ def test_a_truncated_imagebind_checkpoint_is_reported_with_the_fix(tiny_files):
     cut_in_half(checkpoint)
     with pytest.raises(WeightsError, match=r"imagebind_w3D\.pth.*incomplete.*python -m weights\.download"):
         MultimodalEncoder.from_pretrained(checkpoint, device="cpu")
+
+
+# --------------------------------------------------------------------------- cancellation and running work
+class SlowToken:
+    """A CancelToken whose checks take `pause` seconds: encoding with it takes a known while."""
+
+    def __new__(cls, pause: float):
+        from demo.cancel import CancelToken
+
+        class Slow(CancelToken):
+            def check(self) -> None:
+                time.sleep(pause)
+                super().check()
+
+        return Slow()
+
+
+def test_a_cancelled_encoding_holds_its_slot_until_it_really_stops(tiny_pipeline):
+    from demo.errors import Cancelled
+    from demo.pipeline import InputItem
+
+    image = [InputItem("image", str(ROOT / "examples" / "chelsea.png"))]
+    tiny_pipeline.encode(image)  # warm: the vision tower is placed
+    first, events = SlowToken(0.3), {}
+
+    def cancelled_request() -> None:
+        try:
+            tiny_pipeline.encode(image, cancel=first)
+        except Cancelled:
+            events["first stopped"] = time.monotonic()
+
+    thread = threading.Thread(target=cancelled_request)
+    thread.start()
+    time.sleep(0.5)  # the first request is inside its encoding...
+    first.cancel()  # ... when its user presses Stop: the server's queue frees its place at once
+    events["cancelled"] = time.monotonic()
+    tiny_pipeline.encode(image)  # the next request: must not run beside the first one's work
+    events["second done"] = time.monotonic()
+    thread.join()
+    assert "first stopped" in events, "the cancelled request did not stop"
+    assert events["second done"] > events["first stopped"], events  # it waited for the slot
+    assert events["first stopped"] - events["cancelled"] < 1.0  # stopped at its next check (0.3 s)
+
+
+def test_a_request_waiting_for_a_slot_stops_waiting_when_cancelled(tiny_pipeline):
+    from demo.cancel import CancelToken
+    from demo.errors import Cancelled
+    from demo.pipeline import InputItem
+
+    image = [InputItem("image", str(ROOT / "examples" / "chelsea.png"))]
+    busy = threading.Thread(target=tiny_pipeline.encode, args=(image,), kwargs={"cancel": SlowToken(0.3)})
+    busy.start()
+    time.sleep(0.2)
+    waiting = CancelToken()
+    threading.Timer(0.3, waiting.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(Cancelled):
+        tiny_pipeline.encode(image, cancel=waiting)
+    assert time.monotonic() - start < 1.0 and busy.is_alive()  # gave up waiting; the other still runs
+    busy.join()
+
+
+def test_a_bad_input_is_named_by_index_and_display_name(tiny_pipeline, tmp_path):
+    from demo.errors import BadInputError
+    from demo.pipeline import InputItem
+
+    folder = tmp_path / "gradio" / "5e1c0ffee"
+    folder.mkdir(parents=True)
+    bad = folder / "song\u202egnp.wav"
+    bad.write_bytes(b"RIFF garbage" * 40)
+    image = InputItem("image", str(ROOT / "examples" / "chelsea.png"))
+    with pytest.raises(BadInputError) as info:
+        tiny_pipeline.encode([image, InputItem("audio", str(bad), name="my song.wav"), image])
+    error = info.value
+    assert (error.index, error.name) == (1, "my song.wav")
+    assert str(error).startswith("my song.wav: not a readable audio file")
+    assert str(tmp_path) not in str(error) and "gradio" not in str(error)
+
+
+# --------------------------------------------------------------------------- prompt size
+def test_history_is_counted_with_its_template_in_few_tokenisations(tiny_pipeline, monkeypatch):
+    from demo.prompt import format_prompt
+
+    tokenizer = tiny_pipeline.model.tokenizer
+    encode, texts = tokenizer.encode, []
+
+    def counting_encode(text, *args, **kwargs):
+        texts.append(text)
+        assert len(texts) <= 30, "prompt_ids tokenised the prompt once per dropped turn (quadratic)"
+        return encode(text, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "encode", counting_encode)
+    # 8,000 one-letter turns: 16,000 characters of text, within the budget without the template;
+    # this held the only worker 225 s.
+    start = time.monotonic()
+    ids, dropped = tiny_pipeline.prompt_ids("question", [("q", "a")] * 8000, max_new_tokens=16)
+    assert time.monotonic() - start < 5
+    assert len(ids) + 16 <= tiny_pipeline.model.context_length
+    limit = tiny_pipeline.limits.prompt_max_chars + len(format_prompt("", None, []))
+    assert all(len(text) <= limit for text in texts), "the character budget ignored the template"
+    # The kept turns are the most turns that fit: one more does not.
+    more = format_prompt("question", None, [("q", "a")] * (8000 - dropped + 1))
+    assert dropped == 8000 or len(encode(more, add_special_tokens=False)) + 1 + 16 > tiny_pipeline.model.context_length

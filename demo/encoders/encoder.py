@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from demo.cancel import CancelToken, check
 from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, is_point_key, load_point_bind, load_strictly
 from demo.errors import InputError, WeightsError
 from demo.modalities import get_modality
@@ -157,17 +158,28 @@ class MultimodalEncoder:
         keys = set(self.imagebind.modality_trunks) | ({"point"} if self.point is not None else set())
         return tuple(name for name in _SAMPLE_SHAPES if get_modality(name).imagebind_key in keys)
 
-    def encode(self, modality: str, sample: Tensor) -> Tensor:
+    def encode(self, modality: str, sample: Tensor, *, cancel: CancelToken | None = None) -> Tensor:
         """One preprocessed sample (layout: `demo.modalities`) -> embedding [out_dim], float32, CPU."""
-        return self.encode_batch(modality, sample[None], batch_size=1)[0]
+        return self.encode_batch(modality, sample[None], batch_size=1, cancel=cancel)[0]
 
-    def encode_batch(self, modality: str, samples: Tensor, batch_size: int = 32) -> Tensor:
-        """Samples [N, *sample_shape] -> embeddings [N, out_dim], float32, CPU, in batches."""
+    def encode_batch(
+        self, modality: str, samples: Tensor, batch_size: int = 32, *, cancel: CancelToken | None = None
+    ) -> Tensor:
+        """Samples [N, *sample_shape] -> embeddings [N, out_dim], float32, CPU, in batches.
+
+        `cancel` is checked before the tower is placed and before each batch's forward pass (one
+        sample's clips or views go through the tower together, as in ImageBind, so that the
+        embedding stays ImageBind's); a cancelled request raises `Cancelled` there."""
         self._check_samples(modality, samples)
         key = get_modality(modality).imagebind_key
+        check(cancel)
         self._place(key)  # outside inference mode, so the moved weights stay ordinary tensors
+        outputs = []
         with torch.inference_mode():
-            return torch.cat([self._forward(key, chunk) for chunk in samples.split(batch_size)])
+            for chunk in samples.split(batch_size):
+                check(cancel)
+                outputs.append(self._forward(key, chunk))
+        return torch.cat(outputs)
 
     def _forward(self, key: str, batch: Tensor) -> Tensor:
         if key == "point":

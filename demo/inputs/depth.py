@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demo.cancel import CancelToken, check
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path, load_npy
+from demo.inputs.common import Source, check_file, check_shape, describe, is_path, load_npy
 from demo.inputs.image import IMAGE_SIZE, open_raster
 from demo.inputs.limits import InputLimits
 
@@ -44,8 +45,6 @@ def read_depth_metres(source: Source, limits: InputLimits) -> np.ndarray:
             depth = load_npy(path)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(f"{name}: not a readable .npy array ({exc})") from None
-        if depth.size > limits.max_image_pixels:
-            raise InputError(f"{name}: depth map has {depth.size} pixels, over the limit")
     elif isinstance(source, np.ndarray):
         depth = source
     else:
@@ -60,6 +59,8 @@ def read_depth_metres(source: Source, limits: InputLimits) -> np.ndarray:
     depth = np.squeeze(depth)
     if depth.ndim != 2 or min(depth.shape) == 0:
         raise InputError(f"{name}: depth must be a 2-D (H, W) map, got shape {depth.shape}")
+    height, width = depth.shape
+    check_shape(name, "depth map", width, height, limits.max_image_pixels, limits.max_aspect_ratio)
     if depth.dtype.kind in "iu":  # integer depth is millimetres
         depth = depth.astype(np.float64) / 1000.0
     elif depth.dtype.kind == "f":
@@ -83,11 +84,12 @@ def depth_to_disparity(depth_m: np.ndarray) -> np.ndarray:
     return np.nan_to_num(disparity, nan=0.0)
 
 
-def load_depth(source: Source, limits: InputLimits) -> torch.Tensor:
+def load_depth(source: Source, limits: InputLimits, cancel: CancelToken | None = None) -> torch.Tensor:
     """Depth map -> float32 [1, 224, 224] disparity (see the module docstring)."""
     import torchvision.transforms.functional as TF
 
     disparity = torch.from_numpy(depth_to_disparity(read_depth_metres(source, limits)))
+    check(cancel)
     disparity = disparity.float()[None]  # [1, H, W]
     disparity = TF.resize(
         disparity, IMAGE_SIZE, interpolation=TF.InterpolationMode.BILINEAR, antialias=True

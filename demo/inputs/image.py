@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from demo.cancel import CancelToken, check
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, describe, is_path
+from demo.inputs.common import Source, check_file, check_shape, describe, is_path
 from demo.inputs.limits import InputLimits
+from demo.modalities import get_modality
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -27,11 +29,24 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+def pillow_formats(modality: str) -> list[str]:
+    """Pillow format names of the suffixes `modality` documents (".png" -> "PNG").
+
+    Pillow otherwise guesses a file's format from its content among every plugin it has, and
+    some plugins run outside programs: a ".png" holding PostScript would be handed to Ghostscript
+    by the EPS plugin. Opening with only these formats never reaches such a plugin."""
+    from PIL import Image
+
+    Image.init()  # registers every plugin's extensions
+    extensions = Image.registered_extensions()
+    return sorted({extensions[suffix] for suffix in get_modality(modality).suffixes if suffix in extensions})
+
+
 def open_raster(source: Source, modality: str, max_bytes: int, limits: InputLimits) -> Image.Image:
     """Open a path / PIL image / array as a decoded PIL image, upright (EXIF orientation).
 
-    The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing.
+    The pixel count and aspect ratio are checked from the header before any pixel is decoded,
+    so a decompression bomb or a 10000x1 strip costs nothing.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -39,7 +54,7 @@ def open_raster(source: Source, modality: str, max_bytes: int, limits: InputLimi
     if is_path(source):
         path = check_file(source, modality, max_bytes)
         try:
-            image = Image.open(path)  # reads the header only
+            image = Image.open(path, formats=pillow_formats(modality))  # reads the header only
         except Image.DecompressionBombError as exc:
             raise InputError(f"{name}: image too large ({exc})") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
@@ -55,13 +70,7 @@ def open_raster(source: Source, modality: str, max_bytes: int, limits: InputLimi
         raise InputError(f"{name}: expected a file path, PIL image or numpy array")
 
     width, height = image.size
-    if width * height == 0:
-        raise InputError(f"{name}: image has no pixels ({width}x{height})")
-    if width * height > limits.max_image_pixels:
-        raise InputError(
-            f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} MP, over the limit "
-            f"of {limits.max_image_pixels / 1e6:.0f} MP"
-        )
+    check_shape(name, "image", width, height, limits.max_image_pixels, limits.max_aspect_ratio)
     try:
         image.load()  # decode now, so truncated files fail here with a clear message
         return ImageOps.exif_transpose(image)  # phone photos store rotation as EXIF only
@@ -115,10 +124,11 @@ def resize_and_crop(image: Image.Image) -> Image.Image:
     return TF.center_crop(image, IMAGE_SIZE)
 
 
-def load_image(source: Source, limits: InputLimits) -> torch.Tensor:
+def load_image(source: Source, limits: InputLimits, cancel: CancelToken | None = None) -> torch.Tensor:
     """Image file / PIL image / uint8 array -> float32 [3, 224, 224], CLIP-normalised."""
     import torchvision.transforms.functional as TF
 
     image = to_rgb(open_raster(source, "image", limits.image_max_bytes, limits))
+    check(cancel)  # decoded; the resize is the other costly step
     pixels = TF.to_tensor(resize_and_crop(image))  # [3, 224, 224] in [0, 1]
     return TF.normalize(pixels, CLIP_MEAN, CLIP_STD)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demo.cancel import CancelToken, check
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
@@ -27,19 +28,21 @@ STEPS = 2000
 MIN_STEPS = 2  # linear interpolation needs two samples
 
 
-def read_csv(path: Path) -> np.ndarray:
+def read_csv(path: Path, limits: InputLimits) -> np.ndarray:
     """Numeric CSV (optional header row) -> float64 (T, C)."""
     with path.open(encoding="utf-8", errors="replace") as handle:
-        first_line = handle.readline()
+        first_line = handle.readline(1 << 16)  # a header row is short
     try:
         [float(cell) for cell in first_line.split(",")]
         header_rows = 0
     except ValueError:
         header_rows = 1  # the first line is not numbers: treat it as column names
     try:
-        return np.loadtxt(path, delimiter=",", skiprows=header_rows, ndmin=2, dtype=np.float64)
+        # max_rows: never more than the limit (+1 to tell "over it"), whatever the file holds
+        return np.loadtxt(path, delimiter=",", skiprows=header_rows, ndmin=2, dtype=np.float64,
+                          max_rows=limits.imu_max_steps + 1)
     except ValueError as exc:
-        raise InputError(f"{path}: not a numeric CSV ({exc})") from None
+        raise InputError(f"{describe(path)}: not a numeric CSV ({exc})") from None
 
 
 def read_series(source: Source, limits: InputLimits) -> np.ndarray:
@@ -48,7 +51,7 @@ def read_series(source: Source, limits: InputLimits) -> np.ndarray:
     if is_path(source):
         path = check_file(source, "imu", limits.imu_max_bytes)
         if path.suffix.lower() == ".csv":
-            series = read_csv(path)
+            series = read_csv(path, limits)
         else:
             try:
                 series = load_npy(path)
@@ -77,8 +80,9 @@ def read_series(source: Source, limits: InputLimits) -> np.ndarray:
     return series.astype(np.float64, copy=False)
 
 
-def load_imu(source: Source, limits: InputLimits) -> torch.Tensor:
+def load_imu(source: Source, limits: InputLimits, cancel: CancelToken | None = None) -> torch.Tensor:
     """IMU file / array -> float32 [6, 2000] (linear resampling, endpoints kept)."""
     series = torch.from_numpy(read_series(source, limits)).T[None]  # [1, 6, T]
+    check(cancel)
     resampled = torch.nn.functional.interpolate(series, size=STEPS, mode="linear", align_corners=True)
     return resampled[0].float().contiguous()  # [6, 2000]

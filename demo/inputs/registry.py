@@ -1,7 +1,8 @@
 """One entry point for every modality: `load_input(modality, source)` -> one preprocessed sample.
 
 The table maps each modality of `demo.modalities.MODALITIES` to its loader; the output layout
-is that modality's `sample_shape`.
+is that modality's `sample_shape`. Every loader takes (source, limits, cancel) and checks the
+limits before the work they bound and the cancel token between steps.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Callable
 import torch
 
 from demo.inputs.audio import load_audio
-from demo.inputs.common import Source
+from demo.cancel import CancelToken, check
+from demo.errors import Cancelled, InputError
+from demo.inputs.common import Source, describe, scrub_paths
 from demo.inputs.depth import load_depth
 from demo.inputs.embedding import load_embedding
 from demo.inputs.image import load_image
@@ -23,7 +26,7 @@ from demo.inputs.thermal import load_thermal
 from demo.inputs.video import load_video
 from demo.modalities import get_modality
 
-Loader = Callable[[Source, InputLimits], torch.Tensor]
+Loader = Callable[[Source, InputLimits, "CancelToken | None"], torch.Tensor]
 
 LOADERS: dict[str, Loader] = {
     "image": load_image,  # [3, 224, 224]
@@ -38,12 +41,25 @@ LOADERS: dict[str, Loader] = {
 }
 
 
-def load_input(modality: str, source: Source, limits: InputLimits | None = None) -> torch.Tensor:
+def load_input(
+    modality: str, source: Source, limits: InputLimits | None = None, *, cancel: CancelToken | None = None
+) -> torch.Tensor:
     """Load and preprocess ONE sample of `modality` from a path (or in-memory object where the
     modality has one: PIL image / array for rasters, array / tensor for point, imu, embedding).
 
     Returns a CPU tensor laid out as `MODALITIES[modality].sample_shape` (float32; text int64).
-    Raises InputError (naming the source) for unusable inputs, KeyError for unknown modalities.
+    Raises InputError for unusable inputs, naming the source by its file name (never its folder),
+    KeyError for unknown modalities, and `Cancelled` once `cancel` is cancelled (checked between
+    steps: per clip, per decoded frame, per stage).
     """
     get_modality(modality)  # KeyError listing the known modalities
-    return LOADERS[modality](source, limits or InputLimits())
+    check(cancel)
+    try:
+        return LOADERS[modality](source, limits or InputLimits(), cancel)
+    except InputError as exc:
+        raise type(exc)(scrub_paths(str(exc), source)) from None
+    except (Cancelled, MemoryError, ImportError, NameError):  # not the file's fault: a server problem
+        raise
+    except Exception as exc:  # a decoder's own error that no loader anticipated: still the user's file
+        detail = scrub_paths(f"{type(exc).__name__}: {exc}", source)
+        raise InputError(f"{describe(source)}: not a usable {modality} input ({detail})") from None

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import torch
 
+from demo.cancel import CancelToken, check
 from demo.inputs.common import Source
 from demo.inputs.image import HIGH_BIT_MODES, high_bit_to_uint8, open_raster, resize_and_crop
 from demo.inputs.limits import InputLimits
 
 
-def load_thermal(source: Source, limits: InputLimits) -> torch.Tensor:
+def load_thermal(source: Source, limits: InputLimits, cancel: CancelToken | None = None) -> torch.Tensor:
     """Grayscale (or colour, converted to luma) image -> float32 [1, 224, 224] in [0, 1].
 
     16-bit radiometric frames are contrast-stretched (min..max -> 0..1), as a thermal camera's
@@ -30,4 +31,5 @@ def load_thermal(source: Source, limits: InputLimits) -> torch.Tensor:
     if image.mode in HIGH_BIT_MODES:
         image = high_bit_to_uint8(image, stretch=True)
     image = image.convert("L")  # colour-mapped frames: ITU-R 601 luma
+    check(cancel)
     return TF.to_tensor(resize_and_crop(image))  # [1, 224, 224]

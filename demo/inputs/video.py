@@ -7,7 +7,13 @@ Reproduces `imagebind.data.load_and_transform_video_data` with PyAV instead of d
   last of them;
 - /255, short side 224 (bilinear, no antialias, pytorchvideo's ShortSideScale), CLIP
   normalisation, 3 crops (left/centre/right, or top/centre/bottom for portrait video).
-Instead of decoding the whole file we seek to each clip, so cost depends on 5 x 2 s, not on D.
+Instead of decoding the whole file we seek to each clip, so cost depends on 5 x 2 s, not on D
+(and on the distance to the previous keyframe, bounded by `video_max_decoded_frames`).
+
+Duration is decord's, frames / average rate, from the video stream's own metadata; when the
+stream records neither a frame count nor a duration (common in .webm), the video packets are
+counted (demuxing only, no decoding): the container's duration is the longest stream's, often
+the audio's, and would place clips after the video has ended.
 
 Single-frame videos (and clips holding one frame) are accepted: that frame fills both time
 steps, which is what ImageBind's UniformTemporalSubsample does, and how ImageBind itself feeds
@@ -24,8 +30,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from demo.cancel import CancelToken, check
 from demo.errors import InputError
-from demo.inputs.common import Source, check_file, clip_start_times
+from demo.inputs.common import Source, check_file, check_shape, clip_start_times, describe
 from demo.inputs.image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
 from demo.inputs.limits import InputLimits
 
@@ -38,20 +45,35 @@ FRAMES_PER_CLIP = 2
 NUM_CROPS = 3
 
 
-def stream_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
-    """Duration in seconds from metadata (no decoding); decord's definition, frames / fps,
-    when the container records a frame count."""
-    if stream.frames and stream.average_rate:
-        return float(stream.frames / stream.average_rate)
+def stream_duration(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, name: str, max_seconds: float
+) -> float:
+    """Duration in seconds of the video stream (not of the container); decord's definition,
+    frames / average rate, whenever the frame count is known or can be counted."""
+    rate = stream.average_rate or stream.guessed_rate
+    if stream.frames and rate:
+        return float(stream.frames / rate)
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000  # AV_TIME_BASE is microseconds
-    raise InputError(f"{container.name}: video has no duration in its metadata")
+    if rate:
+        frames, max_frames = 0, math.ceil(max_seconds * rate)
+        for packet in container.demux(stream):  # packets only: no decoding
+            if packet.size:  # the demuxer ends with an empty flush packet
+                frames += 1
+                if frames > max_frames:
+                    raise InputError(f"{name}: video lasts more than {max_seconds:.0f} s, the limit")
+        container.seek(0)
+        if frames:
+            return float(frames / rate)
+    raise InputError(f"{name}: video has no duration in its metadata")
 
 
 def first_and_last_frames(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: Fraction, end: Fraction
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    start: Fraction,
+    end: Fraction,
+    budget: VideoBudget,
 ) -> list[np.ndarray]:
     """RGB frames (H, W, 3) uint8: the first and last frame with timestamp in [start, end)."""
     origin = stream.start_time or 0  # first timestamp, in stream.time_base units
@@ -59,8 +81,9 @@ def first_and_last_frames(
     container.seek(origin + math.floor(start / stream.time_base), stream=stream, backward=True)
     first = last = before = None
     for frame in container.decode(stream):
+        budget.spend(frame)
         if frame.pts is None:
-            raise InputError(f"{container.name}: video frames have no timestamps")
+            raise InputError(f"{budget.name}: video frames have no timestamps")
         time = (frame.pts - origin) * stream.time_base  # exact Fraction
         if time >= end:
             break
@@ -73,8 +96,27 @@ def first_and_last_frames(
     if first is None:
         first = last = before
     if first is None:
-        raise InputError(f"{container.name}: no decodable frame near {float(start):.2f} s (truncated file?)")
+        raise InputError(f"{budget.name}: no decodable frame near {float(start):.2f} s (truncated file?)")
     return [frame.to_ndarray(format="rgb24") for frame in (first, last)]
+
+
+class VideoBudget:
+    """Counts decoded frames against `video_max_decoded_frames`, checks each frame's own size
+    (a stream may change resolution after its header) and the cancel token, per frame."""
+
+    def __init__(self, name: str, limits: InputLimits, cancel: CancelToken | None):
+        self.name, self.limits, self.cancel, self.frames = name, limits, cancel, 0
+
+    def spend(self, frame: av.VideoFrame) -> None:
+        check(self.cancel)
+        self.frames += 1
+        if self.frames > self.limits.video_max_decoded_frames:
+            raise InputError(
+                f"{self.name}: reaching the 5 clips needs more than {self.limits.video_max_decoded_frames} decoded "
+                "frames (keyframes too far apart); re-encode it with a keyframe every few seconds"
+            )
+        check_shape(self.name, "a video frame", frame.width, frame.height,
+                    self.limits.video_max_frame_pixels, self.limits.max_aspect_ratio)
 
 
 def short_side_scale(clip: torch.Tensor) -> torch.Tensor:
@@ -110,34 +152,35 @@ def frames_to_views(frames: list[np.ndarray]) -> list[torch.Tensor]:
     return three_crops((clip - mean) / std)
 
 
-def load_video(source: Source, limits: InputLimits) -> torch.Tensor:
+def load_video(source: Source, limits: InputLimits, cancel: CancelToken | None = None) -> torch.Tensor:
     """Video file -> float32 [15, 3, 2, 224, 224], clip-major (clip 0 crops 0-2, clip 1, ...)."""
     import av
 
     path: Path = check_file(source, "video", limits.video_max_bytes)
+    name = describe(source)
     try:
         container = av.open(str(path))
     except av.FFmpegError as exc:
-        raise InputError(f"{path}: not a readable video ({exc})") from None
+        raise InputError(f"{name}: not a readable video ({exc})") from None
     with container:
         if not container.streams.video:
-            raise InputError(f"{path}: file has no video stream")
+            raise InputError(f"{name}: file has no video stream")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if width * height == 0:
-            raise InputError(f"{path}: video stream has no frame size (corrupt header?)")
-        if width * height > limits.video_max_frame_pixels:
-            raise InputError(f"{path}: frames are {width}x{height}, over the limit of {limits.video_max_frame_pixels} pixels")
-        duration = stream_duration(container, stream)
-        if duration > limits.video_max_seconds:
-            raise InputError(f"{path}: video lasts {duration:.0f} s, over the limit of {limits.video_max_seconds:.0f} s")
-        if duration <= 0:
-            raise InputError(f"{path}: video has zero duration")
+            raise InputError(f"{name}: video stream has no frame size (corrupt header?)")
+        check_shape(name, "each frame", width, height, limits.video_max_frame_pixels, limits.max_aspect_ratio)
+        budget = VideoBudget(name, limits, cancel)
         views = []
         try:
+            duration = stream_duration(container, stream, name, limits.video_max_seconds)
+            if duration > limits.video_max_seconds:
+                raise InputError(f"{name}: video lasts {duration:.0f} s, over the limit of {limits.video_max_seconds:.0f} s")
+            if duration <= 0:
+                raise InputError(f"{name}: video has zero duration")
             for start in clip_start_times(duration, CLIP_SECONDS, NUM_CLIPS):
-                frames = first_and_last_frames(container, stream, start, start + CLIP_SECONDS)
+                frames = first_and_last_frames(container, stream, start, start + CLIP_SECONDS, budget)
                 views += frames_to_views(frames)
         except av.FFmpegError as exc:
-            raise InputError(f"{path}: corrupt video ({exc})") from None
+            raise InputError(f"{name}: corrupt video ({exc})") from None
     return torch.stack(views).contiguous()  # [15, 3, 2, 224, 224]
