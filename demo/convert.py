@@ -14,7 +14,8 @@ Output folder:
   imagebind_llm.json    what the folder holds and where the ImageBind weights are
 
 Every tensor of `7B.pth` must be consumed; a missing or unexpected key stops the conversion with
-the keys named. Sizes are read from the tensors (and the head count from the config), so the same
+every such key named, and so does a structure other than the release's (3 bind blocks, LoRA rank
+16) unless `custom_structure` is asked for. Sizes are read from the tensors (and the head count from the config), so the same
 code converts the 7B release and the tiny test checkpoints.
 """
 
@@ -253,6 +254,17 @@ def load_adapter_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# The released adapter's structure (reference section 5): 3 bind blocks of hidden width 4 x dim,
+# LoRA rank 16, one gate per head. Anything else is a custom adapter, converted only on request.
+RELEASE_BIND_BLOCKS = 3
+RELEASE_LORA_RANK = 16
+CUSTOM_STRUCTURE_HINT = (
+    "If this is an adapter you trained with a different structure on purpose, convert it with "
+    "--custom-structure (convert(..., custom_structure=True))."
+)
+BIND_BLOCK_KEY = re.compile(r"image_bind_(?:norm|f1|f2|f3)_(\d+)\.weight")
+
+
 def expected_adapter_keys(n_layers: int, bind_blocks: int) -> set[str]:
     keys = set(ADAPTER_GLOBAL) | {"image_bind_proj.weight", "image_bind_proj.bias"}
     for k in range(1, bind_blocks + 1):
@@ -268,17 +280,69 @@ def expected_adapter_keys(n_layers: int, bind_blocks: int) -> set[str]:
     return keys
 
 
-def check_adapter_keys(adapter: dict[str, torch.Tensor], n_layers: int) -> None:
-    """Fail loudly, naming keys, unless the adapter has exactly the release's keys."""
-    blocks = {int(m.group(1)) for k in adapter if (m := re.fullmatch(r"image_bind_norm_(\d+)\.weight", k))}
-    expected = expected_adapter_keys(n_layers, max(blocks, default=0))
+def _named(keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... and {len(keys) - limit} more" if len(keys) > limit else shown
+
+
+def check_adapter_keys(adapter: dict[str, torch.Tensor], n_layers: int, custom_structure: bool = False) -> None:
+    """Fail loudly, naming every missing and unexpected key, unless the adapter has the release's keys.
+
+    The release has exactly RELEASE_BIND_BLOCKS bind blocks; with `custom_structure` the block
+    count is read from the file (the highest block number of any bind tensor, so a block with one
+    tensor missing is still counted and its missing tensor named).
+    """
+    found = {int(m.group(1)) for k in adapter if (m := BIND_BLOCK_KEY.fullmatch(k))}
+    blocks = max(found, default=0) if custom_structure else RELEASE_BIND_BLOCKS
+    expected = expected_adapter_keys(n_layers, blocks)
     missing = sorted(expected - set(adapter))
     unexpected = sorted(set(adapter) - expected)
     if missing or unexpected:
+        what = f"an adapter with {blocks} bind blocks" if custom_structure else f"the released structure ({RELEASE_BIND_BLOCKS} bind blocks)"
+        parts = [f"the adapter checkpoint does not match {what} for a {n_layers}-layer base:"]
+        if missing:
+            parts.append(f"{len(missing)} missing tensors: {_named(missing)}.")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors: {_named(unexpected)}.")
+        parts.append("Is it the released 7B.pth, complete, for this base model?")
+        if not custom_structure and found != set(range(1, RELEASE_BIND_BLOCKS + 1)) and found:
+            parts.append(f"It has bind blocks {sorted(found)}. {CUSTOM_STRUCTURE_HINT}")
+        raise WeightsError(" ".join(parts))
+
+
+def check_adapter_shapes(adapter: dict[str, torch.Tensor], shape: "LlamaShape", custom_structure: bool = False) -> None:
+    """Every tensor's shape against the base's sizes (keys already checked). The release's bind
+    hidden width is 4 x dim and its LoRA rank 16; `custom_structure` reads both from the file."""
+    dim, n_layers, heads, ffn = shape.dim, shape.n_layers, shape.n_heads, shape.intermediate
+    embed = adapter["image_bind_proj.weight"].shape[-1]
+    hidden = adapter["image_bind_f1_1.weight"].shape[0] if custom_structure and "image_bind_f1_1.weight" in adapter else 4 * dim
+    rank = adapter["llama.layers.0.attention.lora_wq_l1.weight"].shape[0] if custom_structure and n_layers else RELEASE_LORA_RANK
+    want: dict[str, tuple[int, ...]] = {
+        "image_bind_proj.weight": (dim, embed), "image_bind_proj.bias": (dim,),
+        "prefix_query.weight": (n_layers, dim), "llama.norm.weight": (dim,),
+    }
+    for key in adapter:
+        if m := BIND_BLOCK_KEY.fullmatch(key):
+            kind = key.split("_")[2]
+            want[key] = {"norm": (dim,), "f1": (hidden, dim), "f2": (dim, hidden), "f3": (hidden, dim)}[kind]
+    widths = {"attention": (dim, dim), "feed_forward.w1": (dim, ffn), "feed_forward.w3": (dim, ffn), "feed_forward.w2": (ffn, dim)}
+    for i in range(n_layers):
+        p = f"llama.layers.{i}."
+        want[p + ADAPTER_GATE] = (1, heads, 1, 1)
+        for name in ADAPTER_NORMS.values():
+            want[p + name] = (dim,)
+        for bias, lora, _ in ADAPTER_PROJECTIONS.values():
+            in_dim, out_dim = widths["attention" if lora.startswith("attention") else "feed_forward." + lora.split("lora_")[1]]
+            want[p + lora + "_l1.weight"] = (rank, in_dim)
+            want[p + lora + "_l2.weight"] = (out_dim, rank)
+            if bias:
+                want[p + bias] = (out_dim,)
+    wrong = [f"{k} {tuple(adapter[k].shape)} (expected {v})" for k, v in want.items() if k in adapter and tuple(adapter[k].shape) != v]
+    if wrong:
+        hint = "" if custom_structure else f" {CUSTOM_STRUCTURE_HINT}"
         raise WeightsError(
-            f"the adapter checkpoint does not match a {n_layers}-layer ImageBind-LLM release: "
-            f"{len(missing)} missing keys {missing[:10]}, {len(unexpected)} unexpected keys {unexpected[:10]}. "
-            "Is it the released 7B.pth, for this base model?"
+            f"the adapter's tensors do not have the released shapes for this base (dim {dim}, {n_layers} layers, {heads} heads, "
+            f"FFN {ffn}): {len(wrong)} differ: {_named(wrong, 12)}. Is it the released 7B.pth, for this base model?{hint}"
         )
 
 
@@ -409,8 +473,13 @@ def convert(
     max_shard_bytes: int = 2 * 1024**3,
     placeholder: bool = False,
     progress: bool = True,
+    custom_structure: bool = False,
 ) -> Path:
-    """Convert and write everything; returns `out`. Checks all keys before writing anything."""
+    """Convert and write everything; returns `out`. Checks all keys before writing anything.
+
+    The adapter must have the release's structure (3 bind blocks, LoRA rank 16, reference section 5)
+    unless `custom_structure`: then the bind block count, hidden width and LoRA rank are read
+    from the file (for adapters trained on purpose with another structure)."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaTokenizer
 
@@ -421,9 +490,10 @@ def convert(
     if delta_ckpt is not None and delta_ckpt.shape != shape:
         raise WeightsError(f"the delta {delta} has shape {delta_ckpt.shape}, the base {base} has {shape}")
     adapter_state = load_adapter_checkpoint(Path(adapter))
-    check_adapter_keys(adapter_state, shape.n_layers)
+    check_adapter_keys(adapter_state, shape.n_layers, custom_structure)
     if adapter_state["prefix_query.weight"].shape[1] != shape.dim:
         raise WeightsError(f"the adapter is for width {adapter_state['prefix_query.weight'].shape[1]}, the base LLaMA has {shape.dim}")
+    check_adapter_shapes(adapter_state, shape, custom_structure)
     tokenizer_path = find_tokenizer(Path(base), tokenizer)
 
     llm_dir = out / LLM_DIR
