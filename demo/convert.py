@@ -461,6 +461,122 @@ def find_tokenizer(base_folder: Path, explicit: Path | None) -> Path:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------
+
+SENTENCEPIECE_NAME = "tokenizer.model"  # kept in llm/ beside the Hugging Face form, for decoding
+# Texts on which the converted tokenizer must give exactly SentencePiece's ids: whitespace runs and
+# leading spaces, newlines and tabs, characters NFKC changes, CJK, emoji, digits, combining marks,
+# special-token look-alikes, and the prompt template.
+TOKENIZER_CHECK_TEXTS = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\nWhat is in this picture?\n\n### Response: A cat.",
+    "  two  leading spaces,   runs    of spaces, trailing  ",
+    " one leading space\nnew line\n\n\ttab\r\nwindows line\u3000ideographic space\u00a0no-break",
+    "ＦＵＬＬ ｗｉｄｔｈ ﬁ ligature ① ² ½ Ⅳ ㎏ ｶﾀｶﾅ e\u0301 café Å",
+    "中文回答：这是一只猫。日本語のテキスト 한국어 😀👍🏽 ∑ ≠ →",
+    "digits 1234567890 3.14 2024-01-01 <s> </s> <unk> <0x41> ▁ \\u2581",
+    "\n",
+    "",
+)
+# Plus short random strings over the characters where normalisers differ (seeded: the same each run).
+TOKENIZER_CHECK_ALPHABET = list("ab c\n\t\r.中文ＡﬁéÅ①²😀<s>#:") + [" ", "  ", "\u3000", "\u00a0", "e\u0301", "\u200b", "\u2581"]
+
+
+def tokenizer_check_texts(n_random: int = 500) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    generated = ["".join(rng.choice(TOKENIZER_CHECK_ALPHABET) for _ in range(rng.randint(1, 16))) for _ in range(n_random)]
+    return list(TOKENIZER_CHECK_TEXTS) + generated
+
+
+def load_sentencepiece(path: Path):
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except Exception as exc:  # RuntimeError/OSError from the C++ parser
+        raise WeightsError(f"{path} is not a SentencePiece model ({exc}); pass the LLaMA tokenizer.model") from None
+
+
+def build_tokenizer(tokenizer_path: Path):
+    """The Hugging Face form of `tokenizer_path`, giving exactly SentencePiece's ids; refused otherwise.
+
+    The normaliser follows the SentencePiece model's own rule (reference section 6: LLaMA's is
+    identity, with a dummy-prefix "▁" and spaces as "▁"): its precompiled character map (NFKC and
+    similar), whitespace folding, dummy prefix, whitespace escaping. There is no pre-tokenizer: a
+    Metaspace pre-tokenizer (transformers' default for Llama) drops the dummy prefix before a
+    leading space. Special tokens are never read from the text ("<s>" typed by a user is text, as in
+    SentencePiece). The result is then checked on `tokenizer_check_texts()` (refused if any differs):
+    this is exact for LLaMA's rule and for SentencePiece's default nmt_nfkc with whitespace folding
+    (tests train both); other combinations are refused with the first difference named.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, normalizers
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+
+    sp = load_sentencepiece(tokenizer_path)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp.serialized_model_proto())
+    spec = proto.normalizer_spec
+    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+        raise WeightsError(
+            f"{tokenizer_path} is a SentencePiece {proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)} "
+            "model; LLaMA's tokenizer (the release's) is BPE. Pass the LLaMA tokenizer.model."
+        )
+    # The vocabulary, merges and byte fallback as transformers reads them from the .model file.
+    backend = LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path)).backend_tokenizer
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("\u2581"))
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "\u2581"))
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.pre_tokenizer = None
+    # The generic class: transformers' LlamaTokenizer would rebuild its own pipeline on loading.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=sp.id_to_piece(sp.bos_id()), eos_token=sp.id_to_piece(sp.eos_id()),
+        unk_token=sp.id_to_piece(sp.unk_id()), split_special_tokens=True, clean_up_tokenization_spaces=False,
+    )
+    check_tokenizer(tokenizer, sp, str(tokenizer_path))
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, sp, source: str) -> None:
+    """Refuse a Hugging Face tokenizer whose ids differ from SentencePiece's on the check texts."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    for text in tokenizer_check_texts():
+        ours, theirs = tokenizer.encode(text, add_special_tokens=False), sp.encode(text)
+        if ours != theirs:
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(sp.serialized_model_proto())
+            spec = proto.normalizer_spec
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            raise WeightsError(
+                f"{source}: the converted tokenizer would not give SentencePiece's ids. SentencePiece model: "
+                f"normalisation rule {spec.name!r}, remove_extra_whitespaces={spec.remove_extra_whitespaces}, "
+                f"add_dummy_prefix={spec.add_dummy_prefix}. On the text {text!r} they differ from piece {at}: "
+                f"SentencePiece {[sp.id_to_piece(i) for i in theirs[at:at + 6]]}, converted "
+                f"{tokenizer.convert_ids_to_tokens(ours[at:at + 6])}. The release uses LLaMA's tokenizer.model "
+                "(rule 'identity'); pass that one with --tokenizer."
+            )
+
+
+def save_tokenizer(tokenizer, sentencepiece_path: Path, llm_dir: Path) -> None:
+    """The Hugging Face form (what the model encodes with) and the SentencePiece model (for decoding)."""
+    import shutil
+
+    tokenizer.save_pretrained(llm_dir)
+    shutil.copyfile(sentencepiece_path, llm_dir / SENTENCEPIECE_NAME)
+
+
 def convert(
     base: Path,
     adapter: Path,
@@ -481,7 +597,7 @@ def convert(
     unless `custom_structure`: then the bind block count, hidden width and LoRA rank are read
     from the file (for adapters trained on purpose with another structure)."""
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaTokenizer
+    from transformers import LlamaConfig
 
     out = Path(out)
     base_ckpt = open_base(Path(base))
@@ -495,6 +611,7 @@ def convert(
         raise WeightsError(f"the adapter is for width {adapter_state['prefix_query.weight'].shape[1]}, the base LLaMA has {shape.dim}")
     check_adapter_shapes(adapter_state, shape, custom_structure)
     tokenizer_path = find_tokenizer(Path(base), tokenizer)
+    hf_tokenizer = build_tokenizer(tokenizer_path)  # refuses, before anything is written, unless ids match
 
     llm_dir = out / LLM_DIR
     llm_dir.mkdir(parents=True, exist_ok=True)
@@ -518,7 +635,7 @@ def convert(
     )
     config.save_pretrained(llm_dir)
     _write_sharded(_llm_tensors(base_ckpt, delta_ckpt, adapter_state, dtype), llm_dir, max_shard_bytes, progress)
-    LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path)).save_pretrained(llm_dir)
+    save_tokenizer(hf_tokenizer, tokenizer_path, llm_dir)
 
     extra = injection_tensors(adapter_state, shape.n_layers, shape.n_heads)
     # The bind network runs once per request; keep it in the chosen dtype, the gates in fp32.

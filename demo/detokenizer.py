@@ -25,10 +25,11 @@ tokenizer); each token then costs O(1), independent of the answer length (benchm
 bench_detokenizer.py). Tests check the stream against `SentencePieceProcessor.decode` on random ids.
 
 `tokenizer` may be a `sentencepiece.SentencePieceProcessor` (its normaliser flags and unk surface
-are read from the model) or the transformers tokenizer a converted folder carries (LLaMA's flags:
-dummy prefix on, extra whitespace kept, unk surface " ⁇ "; byte pieces are the "<0xNN>" pieces and
-the special tokens other than unk are control pieces). Conversion refuses tokenizers whose
-Hugging Face form would not give SentencePiece's ids (demo/convert.py), so both agree.
+are read from the model) or the transformers tokenizer a converted folder carries. For the latter
+the SentencePiece model that conversion keeps beside it (llm/tokenizer.model) is used when present;
+otherwise the table is read from the tokenizer's vocabulary with LLaMA's flags (dummy prefix on,
+extra whitespace kept, unk surface " ⁇ "; byte pieces are the "<0xNN>" pieces, the special tokens
+other than unk are control pieces), which is exact for LLaMA-style models (tests check both).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def decode_table(tokenizer) -> DecodeTable:
     if spm is not None and isinstance(tokenizer, spm.SentencePieceProcessor):
         table = _table_from_sentencepiece(tokenizer)
     elif hasattr(tokenizer, "convert_ids_to_tokens"):
-        table = _table_from_transformers(tokenizer)
+        beside = _sentencepiece_beside(tokenizer)
+        table = _table_from_sentencepiece(spm.SentencePieceProcessor(model_file=str(beside))) if beside else _table_from_transformers(tokenizer)
     else:
         raise TypeError(f"expected a sentencepiece.SentencePieceProcessor or a transformers tokenizer, got {type(tokenizer).__name__}")
     try:
@@ -95,6 +97,15 @@ def decode_table(tokenizer) -> DecodeTable:
     except AttributeError:  # SWIG objects may refuse new attributes: rebuild per Detokenizer
         pass
     return table
+
+
+def _sentencepiece_beside(tokenizer):
+    """The tokenizer.model a converted folder keeps beside the Hugging Face tokenizer, if any."""
+    from pathlib import Path
+
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    path = Path(name) / "tokenizer.model" if name else None
+    return path if path is not None and path.is_file() else None
 
 
 def _table_from_sentencepiece(sp) -> DecodeTable:

@@ -155,3 +155,74 @@ def test_cli_custom_structure_flag(tmp_path, tiny_release, capsys):
     assert main(args + ["--out", str(tmp_path / "a")]) == 1
     assert "--custom-structure" in capsys.readouterr().err
     assert main(args + ["--out", str(tmp_path / "b"), "--custom-structure"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer: the converted one gives SentencePiece's ids, whatever the model's normalisation rule
+# ---------------------------------------------------------------------------------------------
+
+
+def _train_sentencepiece(path, **options):
+    """A small byte-fallback BPE model (<1 s). Default options: SentencePiece's nmt_nfkc with whitespace folding."""
+    import io
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    words = "the cat dog sound image music red blue small large there is a one two describe photo".split()
+    corpus = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)] + ["中文回答：这是一只猫。"] * 20
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=buffer, model_type="bpe", vocab_size=400, byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2, **options,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def _random_texts(n=1500, seed=1):
+    import random
+
+    rng = random.Random(seed)
+    chars = list("ab c\n\t\r中文Ａﬁé①😀<s>#") + [" ", "  ", "\u3000", "\u00a0", "\u2581", "\u200b"]
+    return ["".join(rng.choice(chars) for _ in range(rng.randint(0, 20))) for _ in range(n)]
+
+
+def _assert_same_ids(tokenizer, sp, texts):
+    for text in texts:
+        assert tokenizer.encode(text, add_special_tokens=False) == sp.encode(text), repr(text)
+
+
+def test_converted_tokenizer_gives_sentencepiece_ids(tiny_release, tiny_converted):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_release.tokenizer))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_converted / "llm")
+    # A leading space before a space, and "<s>" typed as text, differed before (Metaspace, special-token splitting).
+    _assert_same_ids(tokenizer, sp, ["  two spaces", " <s> hi </s>", "### Instruction:\n  indented"] + _random_texts())
+    assert (tiny_converted / "llm" / "tokenizer.model").read_bytes() == tiny_release.tokenizer.read_bytes()
+
+
+def test_nfkc_tokenizer_is_honoured(tmp_path):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from demo.convert import build_tokenizer, save_tokenizer
+
+    path = _train_sentencepiece(tmp_path / "src" / "tokenizer.model")  # nmt_nfkc, whitespace folded
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    assert sp.encode("a\nb") == sp.encode("a b")  # SentencePiece reads the newline as a space here
+    save_tokenizer(build_tokenizer(path), path, tmp_path / "llm")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llm")
+    _assert_same_ids(tokenizer, sp, ["a\nb", "  two  spaces  ", "ＡＢＣ ﬁ ①"] + _random_texts())
+
+
+def test_tokenizer_that_cannot_be_matched_is_refused_before_writing(tmp_path, tiny_release):
+    # identity rule with whitespace folding: no Hugging Face normaliser reproduces it exactly.
+    path = _train_sentencepiece(tmp_path / "tok" / "tokenizer.model", normalization_rule_name="identity")
+    with pytest.raises(WeightsError, match=r"normalisation rule 'identity', remove_extra_whitespaces=True.*SentencePiece \['▁', '<0x0A>'\]"):
+        convert(tiny_release.llama_dir, tiny_release.adapter, tmp_path / "out", tokenizer=path, progress=False)
+    assert not (tmp_path / "out").exists()

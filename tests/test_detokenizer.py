@@ -166,3 +166,10 @@ def test_decode_bytes_matches_sentencepiece_rules():
 def test_held_back():
     assert held_back("a cat\n### Ins", STOP_STRINGS) == len("### Ins")
     assert held_back("a cat", STOP_STRINGS) == 0
+
+
+def test_vocabulary_table_equals_the_sentencepiece_table(tiny_model, tiny_sp):
+    """A folder without tokenizer.model (e.g. weights/pocket) decodes from the vocabulary: same rules."""
+    from demo.detokenizer import _table_from_sentencepiece, _table_from_transformers
+
+    assert _table_from_transformers(tiny_model.tokenizer) == _table_from_sentencepiece(tiny_sp)
