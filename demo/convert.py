@@ -15,8 +15,8 @@ Output folder:
 
 Every tensor of `7B.pth` must be consumed; a missing or unexpected key stops the conversion with
 every such key named, and so does a structure other than the release's (3 bind blocks, LoRA rank
-16) unless `custom_structure` is asked for. Sizes are read from the tensors (and the head count from the config), so the same
-code converts the 7B release and the tiny test checkpoints.
+16) unless `custom_structure` is asked for. Sizes are read from the tensors (and the head count
+from the config), so the same code converts the 7B release and the tiny test checkpoints.
 """
 
 from __future__ import annotations
@@ -476,7 +476,7 @@ TOKENIZER_CHECK_TEXTS = (
     " one leading space\nnew line\n\n\ttab\r\nwindows line\u3000ideographic space\u00a0no-break",
     "ＦＵＬＬ ｗｉｄｔｈ ﬁ ligature ① ² ½ Ⅳ ㎏ ｶﾀｶﾅ e\u0301 café Å",
     "中文回答：这是一只猫。日本語のテキスト 한국어 😀👍🏽 ∑ ≠ →",
-    "digits 1234567890 3.14 2024-01-01 <s> </s> <unk> <0x41> ▁ \\u2581",
+    "digits 1234567890 3.14 2024-01-01 <s> </s> <unk> <0x41> ▁ x▁y ▁▁",
     "\n",
     "",
 )
