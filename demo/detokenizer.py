@@ -37,6 +37,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .errors import WeightsError
+
 SPACE = "\u2581"  # SentencePiece's whitespace symbol "▁"
 REPLACEMENT = "\ufffd"
 DEFAULT_UNK_SURFACE = " \u2047 "  # " ⁇ ", SentencePiece's kDefaultUnknownSymbol
@@ -89,7 +91,11 @@ def decode_table(tokenizer) -> DecodeTable:
         table = _table_from_sentencepiece(tokenizer)
     elif hasattr(tokenizer, "convert_ids_to_tokens"):
         beside = _sentencepiece_beside(tokenizer)
-        table = _table_from_sentencepiece(spm.SentencePieceProcessor(model_file=str(beside))) if beside else _table_from_transformers(tokenizer)
+        sp = spm.SentencePieceProcessor(model_file=str(beside)) if beside else None
+        if sp is not None and sp.get_piece_size() == len(tokenizer):
+            table = _table_from_sentencepiece(sp)
+        else:  # no tokenizer.model beside it (or not this vocabulary's): the vocabulary, LLaMA's rules
+            table = _table_from_transformers(tokenizer)
     else:
         raise TypeError(f"expected a sentencepiece.SentencePieceProcessor or a transformers tokenizer, got {type(tokenizer).__name__}")
     try:
@@ -116,7 +122,10 @@ def _table_from_sentencepiece(sp) -> DecodeTable:
     if proto.denormalizer_spec.precompiled_charsmap:
         # SentencePiece applies denormalisation rules to the whole decoded text; they are not
         # local to a piece, so they cannot be applied incrementally. No LLaMA model has them.
-        raise ValueError("this SentencePiece model has denormalisation rules, which incremental decoding does not support")
+        raise WeightsError(
+            "this SentencePiece model has denormalisation rules, which incremental decoding does not support; "
+            "the release uses LLaMA's tokenizer.model, which has none"
+        )
     kinds = []
     for i in range(sp.get_piece_size()):
         kinds.append(BYTE if sp.is_byte(i) else CONTROL if sp.is_control(i) else UNKNOWN if sp.is_unknown(i) else NORMAL)
