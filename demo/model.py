@@ -167,7 +167,9 @@ def check_complete(folder: Path, meta: dict) -> None:
 
     Without this check transformers and safetensors fail deep inside loading with messages that
     do not say what to do. A safetensors header records every tensor's byte range, so opening a
-    file (header only, no tensor data read) detects truncation cheaply even for 14 GB.
+    file (header only, no tensor data read) detects truncation cheaply even for 14 GB. Then, before
+    anything is built, the configs are checked against hostile edits (`check_no_custom_code`,
+    `check_config_matches_weights`).
     """
     from safetensors import safe_open
 
@@ -176,7 +178,8 @@ def check_complete(folder: Path, meta: dict) -> None:
     index = llm_dir / "model.safetensors.index.json"
     if index.exists():
         try:
-            files += sorted({llm_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
+            names = set(json.loads(index.read_text())["weight_map"].values())
+            files += sorted({_inside(llm_dir, name, f"{index}: a weight_map entry") for name in names})
         except (ValueError, KeyError, AttributeError) as exc:
             raise WeightsError(f"{index} is not a valid shard index ({exc!r}). {INCOMPLETE_FIX}") from None
     else:

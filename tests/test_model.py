@@ -194,6 +194,20 @@ def test_folder_config_pointing_outside_is_refused(tiny_converted, tmp_path, key
         ImageBindLLM.from_pretrained(folder, device="cpu")
 
 
+def test_shard_index_pointing_outside_is_refused(tiny_converted, tmp_path):
+    import json
+
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    index = folder / "llm" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.norm.weight"] = "../../adapter.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="weight_map entry = '../../adapter.safetensors' points outside"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
 def test_adapter_sized_for_other_layer_count_is_refused(tiny_converted, tmp_path):
     from safetensors.torch import load_file, save_file
 
