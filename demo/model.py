@@ -225,14 +225,32 @@ def check_no_custom_code(llm_dir: Path) -> None:
             continue
         config = _read_json(path)
         if "auto_map" in config:
-            raise WeightsError(f"{path} asks for custom code (auto_map {config['auto_map']!r}); this library never runs code from a weights folder. {HOSTILE_FIX}")
+            raise WeightsError(
+                f"{path} asks for custom code (auto_map {_short(config['auto_map'])}); this library never runs code "
+                f"from a weights folder. {HOSTILE_FIX}"
+            )
         if name == "config.json":
             if config.get("model_type") != "llama" or config.get("architectures", ["LlamaForCausalLM"]) != ["LlamaForCausalLM"]:
-                raise WeightsError(f"{path}: model_type {config.get('model_type')!r} / architectures {config.get('architectures')!r}; a converted folder holds a LlamaForCausalLM. {HOSTILE_FIX}")
+                raise WeightsError(
+                    f"{path}: model_type {_short(config.get('model_type'))} / architectures {_short(config.get('architectures'))}; "
+                    f"a converted folder holds a LlamaForCausalLM. {HOSTILE_FIX}"
+                )
             if "quantization_config" in config:
-                raise WeightsError(f"{path} carries a quantization_config; converted folders are stored unquantised (choose quantisation when loading). {HOSTILE_FIX}")
+                raise WeightsError(
+                    f"{path} carries a quantization_config; converted folders are stored unquantised (choose "
+                    f"quantisation when loading). {HOSTILE_FIX}"
+                )
         elif config.get("tokenizer_class", "TokenizersBackend") not in TOKENIZER_CLASSES:
-            raise WeightsError(f"{path}: tokenizer_class {config.get('tokenizer_class')!r} is not one conversion writes ({sorted(TOKENIZER_CLASSES)}). {HOSTILE_FIX}")
+            raise WeightsError(
+                f"{path}: tokenizer_class {_short(config.get('tokenizer_class'))} is not one conversion writes "
+                f"({sorted(TOKENIZER_CLASSES)}). {HOSTILE_FIX}"
+            )
+
+
+def _short(value, limit: int = 120) -> str:
+    """repr of a value from a file, cut short: a hostile config must not make the message huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def llm_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
