@@ -300,7 +300,7 @@ def check_config_matches_weights(folder: Path, meta: dict, files: list[Path] | N
     for key in sizes + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
         value = config.get(key)
         if (key in sizes or value is not None) and not (type(value) is int and 0 < value <= 2**31):
-            raise WeightsError(f"{config_path}: {key} = {value!r} is not a positive integer. {HOSTILE_FIX}")
+            raise WeightsError(f"{config_path}: {key} = {_short(value)} is not a positive integer. {HOSTILE_FIX}")
     adapter_path = folder / meta["adapter"]
     files = files if files is not None else [adapter_path, *sorted(llm_dir.glob("*.safetensors"))]
     stored = _header_shapes([f for f in files if f != adapter_path])
