@@ -14,8 +14,9 @@ Output folder:
   imagebind_llm.json    what the folder holds and where the ImageBind weights are
 
 Every tensor of `7B.pth` must be consumed; a missing or unexpected key stops the conversion with
-the keys named. Sizes are read from the tensors (and the head count from the config), so the same
-code converts the 7B release and the tiny test checkpoints.
+every such key named, and so does a structure other than the release's (3 bind blocks, LoRA rank
+16) unless `custom_structure` is asked for. Sizes are read from the tensors (and the head count
+from the config), so the same code converts the 7B release and the tiny test checkpoints.
 """
 
 from __future__ import annotations
@@ -253,6 +254,17 @@ def load_adapter_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# The released adapter's structure (reference section 5): 3 bind blocks of hidden width 4 x dim,
+# LoRA rank 16, one gate per head. Anything else is a custom adapter, converted only on request.
+RELEASE_BIND_BLOCKS = 3
+RELEASE_LORA_RANK = 16
+CUSTOM_STRUCTURE_HINT = (
+    "If this is an adapter you trained with a different structure on purpose, convert it with "
+    "--custom-structure (convert(..., custom_structure=True))."
+)
+BIND_BLOCK_KEY = re.compile(r"image_bind_(?:norm|f1|f2|f3)_(\d+)\.weight")
+
+
 def expected_adapter_keys(n_layers: int, bind_blocks: int) -> set[str]:
     keys = set(ADAPTER_GLOBAL) | {"image_bind_proj.weight", "image_bind_proj.bias"}
     for k in range(1, bind_blocks + 1):
@@ -268,17 +280,69 @@ def expected_adapter_keys(n_layers: int, bind_blocks: int) -> set[str]:
     return keys
 
 
-def check_adapter_keys(adapter: dict[str, torch.Tensor], n_layers: int) -> None:
-    """Fail loudly, naming keys, unless the adapter has exactly the release's keys."""
-    blocks = {int(m.group(1)) for k in adapter if (m := re.fullmatch(r"image_bind_norm_(\d+)\.weight", k))}
-    expected = expected_adapter_keys(n_layers, max(blocks, default=0))
+def _named(keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}, ... and {len(keys) - limit} more" if len(keys) > limit else shown
+
+
+def check_adapter_keys(adapter: dict[str, torch.Tensor], n_layers: int, custom_structure: bool = False) -> None:
+    """Fail loudly, naming every missing and unexpected key, unless the adapter has the release's keys.
+
+    The release has exactly RELEASE_BIND_BLOCKS bind blocks; with `custom_structure` the block
+    count is read from the file (the highest block number of any bind tensor, so a block with one
+    tensor missing is still counted and its missing tensor named).
+    """
+    found = {int(m.group(1)) for k in adapter if (m := BIND_BLOCK_KEY.fullmatch(k))}
+    blocks = max(found, default=0) if custom_structure else RELEASE_BIND_BLOCKS
+    expected = expected_adapter_keys(n_layers, blocks)
     missing = sorted(expected - set(adapter))
     unexpected = sorted(set(adapter) - expected)
     if missing or unexpected:
+        what = f"an adapter with {blocks} bind blocks" if custom_structure else f"the released structure ({RELEASE_BIND_BLOCKS} bind blocks)"
+        parts = [f"the adapter checkpoint does not match {what} for a {n_layers}-layer base:"]
+        if missing:
+            parts.append(f"{len(missing)} missing tensors: {_named(missing)}.")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensors: {_named(unexpected)}.")
+        parts.append("Is it the released 7B.pth, complete, for this base model?")
+        if not custom_structure and found != set(range(1, RELEASE_BIND_BLOCKS + 1)) and found:
+            parts.append(f"It has bind blocks {sorted(found)}. {CUSTOM_STRUCTURE_HINT}")
+        raise WeightsError(" ".join(parts))
+
+
+def check_adapter_shapes(adapter: dict[str, torch.Tensor], shape: "LlamaShape", custom_structure: bool = False) -> None:
+    """Every tensor's shape against the base's sizes (keys already checked). The release's bind
+    hidden width is 4 x dim and its LoRA rank 16; `custom_structure` reads both from the file."""
+    dim, n_layers, heads, ffn = shape.dim, shape.n_layers, shape.n_heads, shape.intermediate
+    embed = adapter["image_bind_proj.weight"].shape[-1]
+    hidden = adapter["image_bind_f1_1.weight"].shape[0] if custom_structure and "image_bind_f1_1.weight" in adapter else 4 * dim
+    rank = adapter["llama.layers.0.attention.lora_wq_l1.weight"].shape[0] if custom_structure and n_layers else RELEASE_LORA_RANK
+    want: dict[str, tuple[int, ...]] = {
+        "image_bind_proj.weight": (dim, embed), "image_bind_proj.bias": (dim,),
+        "prefix_query.weight": (n_layers, dim), "llama.norm.weight": (dim,),
+    }
+    for key in adapter:
+        if m := BIND_BLOCK_KEY.fullmatch(key):
+            kind = key.split("_")[2]
+            want[key] = {"norm": (dim,), "f1": (hidden, dim), "f2": (dim, hidden), "f3": (hidden, dim)}[kind]
+    widths = {"attention": (dim, dim), "feed_forward.w1": (dim, ffn), "feed_forward.w3": (dim, ffn), "feed_forward.w2": (ffn, dim)}
+    for i in range(n_layers):
+        p = f"llama.layers.{i}."
+        want[p + ADAPTER_GATE] = (1, heads, 1, 1)
+        for name in ADAPTER_NORMS.values():
+            want[p + name] = (dim,)
+        for bias, lora, _ in ADAPTER_PROJECTIONS.values():
+            in_dim, out_dim = widths["attention" if lora.startswith("attention") else "feed_forward." + lora.split("lora_")[1]]
+            want[p + lora + "_l1.weight"] = (rank, in_dim)
+            want[p + lora + "_l2.weight"] = (out_dim, rank)
+            if bias:
+                want[p + bias] = (out_dim,)
+    wrong = [f"{k} {tuple(adapter[k].shape)} (expected {v})" for k, v in want.items() if k in adapter and tuple(adapter[k].shape) != v]
+    if wrong:
+        hint = "" if custom_structure else f" {CUSTOM_STRUCTURE_HINT}"
         raise WeightsError(
-            f"the adapter checkpoint does not match a {n_layers}-layer ImageBind-LLM release: "
-            f"{len(missing)} missing keys {missing[:10]}, {len(unexpected)} unexpected keys {unexpected[:10]}. "
-            "Is it the released 7B.pth, for this base model?"
+            f"the adapter's tensors do not have the released shapes for this base (dim {dim}, {n_layers} layers, {heads} heads, "
+            f"FFN {ffn}): {len(wrong)} differ: {_named(wrong, 12)}. Is it the released 7B.pth, for this base model?{hint}"
         )
 
 
@@ -397,6 +461,122 @@ def find_tokenizer(base_folder: Path, explicit: Path | None) -> Path:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------
+
+SENTENCEPIECE_NAME = "tokenizer.model"  # kept in llm/ beside the Hugging Face form, for decoding
+# Texts on which the converted tokenizer must give exactly SentencePiece's ids: whitespace runs and
+# leading spaces, newlines and tabs, characters NFKC changes, CJK, emoji, digits, combining marks,
+# special-token look-alikes, and the prompt template.
+TOKENIZER_CHECK_TEXTS = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\nWhat is in this picture?\n\n### Response: A cat.",
+    "  two  leading spaces,   runs    of spaces, trailing  ",
+    " one leading space\nnew line\n\n\ttab\r\nwindows line\u3000ideographic space\u00a0no-break",
+    "ＦＵＬＬ ｗｉｄｔｈ ﬁ ligature ① ² ½ Ⅳ ㎏ ｶﾀｶﾅ e\u0301 café Å",
+    "中文回答：这是一只猫。日本語のテキスト 한국어 😀👍🏽 ∑ ≠ →",
+    "digits 1234567890 3.14 2024-01-01 <s> </s> <unk> <0x41> ▁ x▁y ▁▁",
+    "\n",
+    "",
+)
+# Plus short random strings over the characters where normalisers differ (seeded: the same each run).
+TOKENIZER_CHECK_ALPHABET = list("ab c\n\t\r.中文ＡﬁéÅ①²😀<s>#:") + [" ", "  ", "\u3000", "\u00a0", "e\u0301", "\u200b", "\u2581"]
+
+
+def tokenizer_check_texts(n_random: int = 500) -> list[str]:
+    import random
+
+    rng = random.Random(0)
+    generated = ["".join(rng.choice(TOKENIZER_CHECK_ALPHABET) for _ in range(rng.randint(1, 16))) for _ in range(n_random)]
+    return list(TOKENIZER_CHECK_TEXTS) + generated
+
+
+def load_sentencepiece(path: Path):
+    import sentencepiece as spm
+
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except Exception as exc:  # RuntimeError/OSError from the C++ parser
+        raise WeightsError(f"{path} is not a SentencePiece model ({exc}); pass the LLaMA tokenizer.model") from None
+
+
+def build_tokenizer(tokenizer_path: Path):
+    """The Hugging Face form of `tokenizer_path`, giving exactly SentencePiece's ids; refused otherwise.
+
+    The normaliser follows the SentencePiece model's own rule (reference section 6: LLaMA's is
+    identity, with a dummy-prefix "▁" and spaces as "▁"): its precompiled character map (NFKC and
+    similar), whitespace folding, dummy prefix, whitespace escaping. There is no pre-tokenizer: a
+    Metaspace pre-tokenizer (transformers' default for Llama) drops the dummy prefix before a
+    leading space. Special tokens are never read from the text ("<s>" typed by a user is text, as in
+    SentencePiece). The result is then checked on `tokenizer_check_texts()` (refused if any differs):
+    this is exact for LLaMA's rule and for SentencePiece's default nmt_nfkc with whitespace folding
+    (tests train both); other combinations are refused with the first difference named.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, normalizers
+    from transformers import LlamaTokenizer, PreTrainedTokenizerFast
+
+    sp = load_sentencepiece(tokenizer_path)
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp.serialized_model_proto())
+    spec = proto.normalizer_spec
+    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+        raise WeightsError(
+            f"{tokenizer_path} is a SentencePiece {proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type)} "
+            "model; LLaMA's tokenizer (the release's) is BPE. Pass the LLaMA tokenizer.model."
+        )
+    # The vocabulary, merges and byte fallback as transformers reads them from the .model file.
+    backend = LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path)).backend_tokenizer
+    steps = []
+    if spec.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(spec.precompiled_charsmap))
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Strip(left=True, right=True), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("\u2581"))
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "\u2581"))
+    backend.normalizer = normalizers.Sequence(steps)
+    backend.pre_tokenizer = None
+    # The generic class: transformers' LlamaTokenizer would rebuild its own pipeline on loading.
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=sp.id_to_piece(sp.bos_id()), eos_token=sp.id_to_piece(sp.eos_id()),
+        unk_token=sp.id_to_piece(sp.unk_id()), split_special_tokens=True, clean_up_tokenization_spaces=False,
+    )
+    check_tokenizer(tokenizer, sp, str(tokenizer_path))
+    return tokenizer
+
+
+def check_tokenizer(tokenizer, sp, source: str) -> None:
+    """Refuse a Hugging Face tokenizer whose ids differ from SentencePiece's on the check texts."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    for text in tokenizer_check_texts():
+        ours, theirs = tokenizer.encode(text, add_special_tokens=False), sp.encode(text)
+        if ours != theirs:
+            proto = sentencepiece_model_pb2.ModelProto()
+            proto.ParseFromString(sp.serialized_model_proto())
+            spec = proto.normalizer_spec
+            at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            raise WeightsError(
+                f"{source}: the converted tokenizer would not give SentencePiece's ids. SentencePiece model: "
+                f"normalisation rule {spec.name!r}, remove_extra_whitespaces={spec.remove_extra_whitespaces}, "
+                f"add_dummy_prefix={spec.add_dummy_prefix}. On the text {text!r} they differ from piece {at}: "
+                f"SentencePiece {[sp.id_to_piece(i) for i in theirs[at:at + 6]]}, converted "
+                f"{tokenizer.convert_ids_to_tokens(ours[at:at + 6])}. The release uses LLaMA's tokenizer.model "
+                "(rule 'identity'); pass that one with --tokenizer."
+            )
+
+
+def save_tokenizer(tokenizer, sentencepiece_path: Path, llm_dir: Path) -> None:
+    """The Hugging Face form (what the model encodes with) and the SentencePiece model (for decoding)."""
+    import shutil
+
+    tokenizer.save_pretrained(llm_dir)
+    shutil.copyfile(sentencepiece_path, llm_dir / SENTENCEPIECE_NAME)
+
+
 def convert(
     base: Path,
     adapter: Path,
@@ -409,10 +589,15 @@ def convert(
     max_shard_bytes: int = 2 * 1024**3,
     placeholder: bool = False,
     progress: bool = True,
+    custom_structure: bool = False,
 ) -> Path:
-    """Convert and write everything; returns `out`. Checks all keys before writing anything."""
+    """Convert and write everything; returns `out`. Checks all keys before writing anything.
+
+    The adapter must have the release's structure (3 bind blocks, LoRA rank 16, reference section 5)
+    unless `custom_structure`: then the bind block count, hidden width and LoRA rank are read
+    from the file (for adapters trained on purpose with another structure)."""
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaTokenizer
+    from transformers import LlamaConfig
 
     out = Path(out)
     base_ckpt = open_base(Path(base))
@@ -421,10 +606,12 @@ def convert(
     if delta_ckpt is not None and delta_ckpt.shape != shape:
         raise WeightsError(f"the delta {delta} has shape {delta_ckpt.shape}, the base {base} has {shape}")
     adapter_state = load_adapter_checkpoint(Path(adapter))
-    check_adapter_keys(adapter_state, shape.n_layers)
+    check_adapter_keys(adapter_state, shape.n_layers, custom_structure)
     if adapter_state["prefix_query.weight"].shape[1] != shape.dim:
         raise WeightsError(f"the adapter is for width {adapter_state['prefix_query.weight'].shape[1]}, the base LLaMA has {shape.dim}")
+    check_adapter_shapes(adapter_state, shape, custom_structure)
     tokenizer_path = find_tokenizer(Path(base), tokenizer)
+    hf_tokenizer = build_tokenizer(tokenizer_path)  # refuses, before anything is written, unless ids match
 
     llm_dir = out / LLM_DIR
     llm_dir.mkdir(parents=True, exist_ok=True)
@@ -448,7 +635,7 @@ def convert(
     )
     config.save_pretrained(llm_dir)
     _write_sharded(_llm_tensors(base_ckpt, delta_ckpt, adapter_state, dtype), llm_dir, max_shard_bytes, progress)
-    LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path)).save_pretrained(llm_dir)
+    save_tokenizer(hf_tokenizer, tokenizer_path, llm_dir)
 
     extra = injection_tensors(adapter_state, shape.n_layers, shape.n_heads)
     # The bind network runs once per request; keep it in the chosen dtype, the gates in fp32.

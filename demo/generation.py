@@ -1,17 +1,13 @@
 """Token-by-token sampling as an iterator of text deltas.
 
-SentencePiece cannot decode one token at a time (a piece's leading space depends on its
-neighbours, and byte-fallback pieces only form characters together), so each step decodes the
-whole answer so far and emits only the new suffix. Text that might still change is held back:
-a trailing run of byte-fallback and special tokens (byte pieces are decoded together, so a later
-byte can turn earlier ones into U+FFFD, and skipped special tokens such as <unk> let two byte
-runs merge), trailing whitespace (the answer is stripped, as in the release), and a tail that
-could be the start of a stop string.
+Text comes from `detokenizer.Detokenizer`: SentencePiece's decode of the answer's ids (as the
+original decodes it), built one token at a time at constant cost, holding back what could still
+change (an incomplete UTF-8 character of a byte-fallback run, trailing whitespace, a tail that could
+become a stop string).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -19,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import GenerationConfig
+from .detokenizer import Detokenizer
 
 
 @dataclass
@@ -41,14 +38,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
     return int(order[choice])
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters of `text` could still become a stop string."""
-    for k in range(min(len(text), max((len(s) for s in stops), default=0)), 0, -1):
-        if any(s.startswith(text[-k:]) for s in stops):
-            return k
-    return 0
 
 
 @torch.inference_mode()
@@ -75,10 +64,9 @@ def stream_tokens(
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
     eos = tokenizer.eos_token_id
-    unsettled = unsettled_token_ids(tokenizer)
+    detokenizer = Detokenizer(tokenizer, stop_strings)
     cache = DynamicCache()
     inputs = torch.tensor([prompt_ids], device=device)  # (1, T)
-    emitted = ""
     state.finish_reason = "length"
     for _ in range(int(config.max_new_tokens)):
         with condition():
@@ -89,40 +77,11 @@ def stream_tokens(
             break
         state.token_ids.append(token)
         inputs = torch.tensor([[token]], device=device)  # (1, 1): the cache holds the rest
-        text, stopped = _answer_so_far(tokenizer, state.token_ids, stop_strings)
-        if stopped:
+        if delta := detokenizer.push(token):
+            yield delta
+        if detokenizer.stopped:
             state.finish_reason = "stop_string"
             break
-        settled = len(state.token_ids)
-        while settled and state.token_ids[settled - 1] in unsettled:
-            settled -= 1
-        if settled < len(state.token_ids):  # decode only up to the trailing unsettled run
-            text = _answer_so_far(tokenizer, state.token_ids[:settled], stop_strings)[0]
-        stable = text[: len(text) - _held_back(text, stop_strings)].rstrip()
-        if stable.startswith(emitted) and len(stable) > len(emitted):
-            yield stable[len(emitted):]
-            emitted = stable
-    final = _answer_so_far(tokenizer, state.token_ids, stop_strings)[0].rstrip()
-    if final.startswith(emitted) and len(final) > len(emitted):
-        yield final[len(emitted):]
-        emitted = final
-    state.text = emitted
-
-
-def unsettled_token_ids(tokenizer) -> frozenset[int]:
-    """Ids whose decoded text can still change with the next token: SentencePiece byte-fallback
-    pieces ("<0x41>") and special tokens (skipped when decoding). Computed once per tokenizer."""
-    cached = getattr(tokenizer, "_unsettled_token_ids", None)
-    if cached is None:
-        pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-        vocab = tokenizer.get_vocab()
-        cached = frozenset(i for piece, i in vocab.items() if pattern.fullmatch(piece)) | set(tokenizer.all_special_ids)
-        tokenizer._unsettled_token_ids = cached
-    return cached
-
-
-def _answer_so_far(tokenizer, token_ids: list[int], stop_strings: tuple[str, ...]) -> tuple[str, bool]:
-    """Decoded answer without leading space, cut before the first stop string; and whether cut."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True).lstrip()
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    if delta := detokenizer.finish():
+        yield delta
+    state.text = detokenizer.text

@@ -106,7 +106,7 @@ class ImageBindLLM(nn.Module):
         llm_dir = folder / meta["llm"]
         # use_safetensors: never fall back to unpickling a stray pytorch_model.bin in the folder.
         llm = LlamaForCausalLM.from_pretrained(llm_dir, use_safetensors=True, **kwargs).eval()
-        tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+        tokenizer = AutoTokenizer.from_pretrained(llm_dir, trust_remote_code=False)  # never code from the folder
 
         state = load_file(str(folder / meta["adapter"]))
         bind_state = {k.removeprefix("bind."): v for k, v in state.items() if k.startswith("bind.")}
@@ -143,9 +143,23 @@ def read_folder_config(folder: Path) -> dict:
         meta = json.loads(path.read_text())
     except ValueError as exc:
         raise WeightsError(f"{path} is not valid JSON ({exc}). {INCOMPLETE_FIX}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise WeightsError(f"{path}: format version {meta.get('format_version')} is not {FORMAT_VERSION}; convert again")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise WeightsError(f"{path}: format version {version} is not {FORMAT_VERSION}; convert again")
+    for key in ("llm", "adapter"):
+        _inside(folder, meta.get(key), f"{path}: {key!r}")
     return meta
+
+
+def _inside(folder: Path, name, what: str) -> Path:
+    """`folder / name`, refusing names that are not a relative path inside the folder (an edited or
+    hostile config could point the loader at any file on the server)."""
+    if not isinstance(name, str) or not name:
+        raise WeightsError(f"{what} must name a file or folder inside the converted folder. {INCOMPLETE_FIX}")
+    # Lexical check: an operator may well symlink a large llm/ from another disk.
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise WeightsError(f"{what} = {name!r} points outside the converted folder; a converted folder only refers to its own files")
+    return Path(folder) / name
 
 
 def check_complete(folder: Path, meta: dict) -> None:
@@ -153,7 +167,9 @@ def check_complete(folder: Path, meta: dict) -> None:
 
     Without this check transformers and safetensors fail deep inside loading with messages that
     do not say what to do. A safetensors header records every tensor's byte range, so opening a
-    file (header only, no tensor data read) detects truncation cheaply even for 14 GB.
+    file (header only, no tensor data read) detects truncation cheaply even for 14 GB. Then, before
+    anything is built, the configs are checked against hostile edits (`check_no_custom_code`,
+    `check_config_matches_weights`).
     """
     from safetensors import safe_open
 
@@ -162,7 +178,8 @@ def check_complete(folder: Path, meta: dict) -> None:
     index = llm_dir / "model.safetensors.index.json"
     if index.exists():
         try:
-            files += sorted({llm_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
+            names = set(json.loads(index.read_text())["weight_map"].values())
+            files += sorted({_inside(llm_dir, name, f"{index}: a weight_map entry") for name in names})
         except (ValueError, KeyError, AttributeError) as exc:
             raise WeightsError(f"{index} is not a valid shard index ({exc!r}). {INCOMPLETE_FIX}") from None
     else:
@@ -177,6 +194,136 @@ def check_complete(folder: Path, meta: dict) -> None:
                 pass
         except Exception as exc:  # SafetensorError, OSError: the header does not match the file
             raise WeightsError(f"{path} is truncated or damaged ({exc}). {INCOMPLETE_FIX}") from None
+    check_no_custom_code(llm_dir)
+    check_config_matches_weights(folder, meta, files)
+
+
+# Tokenizer classes a converted folder may name: the ones conversion writes (and older conversions wrote).
+TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast"}
+HOSTILE_FIX = "Convert the released files again (`python -m weights.convert --help`) rather than using a folder from elsewhere."
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path} cannot be read as JSON ({exc}). {INCOMPLETE_FIX}") from None
+    if not isinstance(value, dict):
+        raise WeightsError(f"{path} is not a JSON object. {INCOMPLETE_FIX}")
+    return value
+
+
+def check_no_custom_code(llm_dir: Path) -> None:
+    """Refuse configs that would make transformers import code from the folder (`auto_map`,
+    unknown tokenizer classes) or quantise on its own: loading never trusts remote code, and with
+    an `auto_map` present transformers would stop to ask on the console instead."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = llm_dir / name
+        if not path.is_file():
+            if name == "config.json":
+                raise WeightsError(f"{path} is missing. {INCOMPLETE_FIX}")
+            continue
+        config = _read_json(path)
+        if "auto_map" in config:
+            raise WeightsError(
+                f"{path} asks for custom code (auto_map {_short(config['auto_map'])}); this library never runs code "
+                f"from a weights folder. {HOSTILE_FIX}"
+            )
+        if name == "config.json":
+            if config.get("model_type") != "llama" or config.get("architectures", ["LlamaForCausalLM"]) != ["LlamaForCausalLM"]:
+                raise WeightsError(
+                    f"{path}: model_type {_short(config.get('model_type'))} / architectures {_short(config.get('architectures'))}; "
+                    f"a converted folder holds a LlamaForCausalLM. {HOSTILE_FIX}"
+                )
+            if "quantization_config" in config:
+                raise WeightsError(
+                    f"{path} carries a quantization_config; converted folders are stored unquantised (choose "
+                    f"quantisation when loading). {HOSTILE_FIX}"
+                )
+        elif config.get("tokenizer_class", "TokenizersBackend") not in TOKENIZER_CLASSES:
+            raise WeightsError(
+                f"{path}: tokenizer_class {_short(config.get('tokenizer_class'))} is not one conversion writes "
+                f"({sorted(TOKENIZER_CLASSES)}). {HOSTILE_FIX}"
+            )
+
+
+def _short(value, limit: int = 120) -> str:
+    """repr of a value from a file, cut short: a hostile config must not make the message huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def llm_tensor_shapes(config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a converted LlamaForCausalLM holds, with its shape, from config.json's sizes."""
+    hidden, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    heads, layers = config["num_attention_heads"], config["num_hidden_layers"]
+    kv_heads = config.get("num_key_value_heads") or heads
+    head_dim = config.get("head_dim") or hidden // heads
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    if not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    outputs = {
+        "self_attn.q_proj": (heads * head_dim, hidden), "self_attn.k_proj": (kv_heads * head_dim, hidden),
+        "self_attn.v_proj": (kv_heads * head_dim, hidden), "self_attn.o_proj": (hidden, heads * head_dim),
+        "mlp.gate_proj": (inter, hidden), "mlp.up_proj": (inter, hidden), "mlp.down_proj": (hidden, inter),
+    }
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = shapes[p + "post_attention_layernorm.weight"] = (hidden,)
+        for module, shape in outputs.items():
+            shapes[p + module + ".weight"] = shape
+            if config.get("attention_bias" if module.startswith("self_attn") else "mlp_bias", False):
+                shapes[p + module + ".bias"] = shape[:1]
+    return shapes
+
+
+def _header_shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from safetensors headers only (no tensor data is read)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in paths:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                shapes[key] = tuple(handle.get_slice(key).get_shape())
+    return shapes
+
+
+def check_config_matches_weights(folder: Path, meta: dict, files: list[Path] | None = None) -> None:
+    """Refuse, before anything is built, a folder whose config.json sizes are not those of its
+    tensors (read from the safetensors headers): a config claiming 100,000 layers or a huge
+    vocabulary would otherwise make transformers allocate (and randomly initialise) gigabytes."""
+    llm_dir = folder / meta["llm"]
+    config_path = llm_dir / "config.json"
+    config = _read_json(config_path)
+    sizes = ("hidden_size", "intermediate_size", "vocab_size", "num_attention_heads", "num_hidden_layers")
+    for key in sizes + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        value = config.get(key)
+        if (key in sizes or value is not None) and not (type(value) is int and 0 < value <= 2**31):
+            raise WeightsError(f"{config_path}: {key} = {_short(value)} is not a positive integer. {HOSTILE_FIX}")
+    adapter_path = folder / meta["adapter"]
+    files = files if files is not None else [adapter_path, *sorted(llm_dir.glob("*.safetensors"))]
+    stored = _header_shapes([f for f in files if f != adapter_path])
+    # The layer count first: expanding the expected names of a claimed 100,000 layers costs time too.
+    layers_stored = 1 + max((int(k.split(".")[2]) for k in stored if k.startswith("model.layers.") and k.split(".")[2].isdigit()), default=-1)
+    if config["num_hidden_layers"] != layers_stored:
+        raise WeightsError(f"{config_path} claims {config['num_hidden_layers']} layers; the weights in {llm_dir} hold {layers_stored}. {HOSTILE_FIX}")
+    expected = llm_tensor_shapes(config)
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    wrong = sorted(f"{k} {stored[k]} (config.json gives {expected[k]})" for k in set(expected) & set(stored) if expected[k] != stored[k])
+    if missing or unexpected or wrong:
+        raise WeightsError(
+            f"{llm_dir}: config.json does not describe the stored tensors: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+            f"wrong shape {wrong[:8]}. {HOSTILE_FIX}"
+        )
+    # The injection's tables are sized by the LLM's config: one row per layer, the model width.
+    adapter = _header_shapes([adapter_path])
+    layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+    wrong = [f"{k} {v}" for k, v in adapter.items() if k.startswith("injection.") and (not v or v[0] != layers)]
+    wrong += [f"{k} {v}" for k, v in adapter.items() if k in ("injection.prefix_query", "bind.proj.weight") and hidden not in (v[-1], v[0])]
+    if wrong:
+        raise WeightsError(f"{adapter_path}: tensors {wrong[:8]} do not fit the LLM of {layers} layers and width {hidden}. {HOSTILE_FIX}")
 
 
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from demo.config import GenerationConfig
-from demo.generation import GenerationState, _held_back, sample_next, stream_tokens
+from demo.generation import GenerationState, sample_next, stream_tokens
 from demo.prompt import STOP_STRINGS, format_prompt
 
 
@@ -24,14 +24,13 @@ def test_top_p_keeps_only_the_nucleus():
     assert drawn == {0, 1}
 
 
-def test_stop_string_prefix_is_held_back():
-    assert _held_back("a cat\n### Ins", STOP_STRINGS) == len("### Ins")
-    assert _held_back("a cat", STOP_STRINGS) == 0
-
-
 @pytest.mark.parametrize("embedding_seed", range(6))
-def test_streamed_deltas_concatenate_to_the_answer(tiny_model, embedding_seed):
+def test_streamed_deltas_concatenate_to_the_answer(tiny_release, tiny_model, embedding_seed):
     # Random weights emit byte-fallback pieces and <unk> often: the hard cases for streaming.
+    # The answer is SentencePiece's decode of the ids (the original decodes with SentencePiece).
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_release.tokenizer))
     ids = [1] + tiny_model.tokenizer.encode(format_prompt("Describe the sound."), add_special_tokens=False)
     generator = torch.Generator().manual_seed(embedding_seed)
     terms = tiny_model.conditioning_terms(torch.randn(1, tiny_model.bind.proj.in_features, generator=generator))
@@ -40,9 +39,10 @@ def test_streamed_deltas_concatenate_to_the_answer(tiny_model, embedding_seed):
         with tiny_model.injection.active(terms):
             deltas = list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed), state, STOP_STRINGS))
         assert "".join(deltas) == state.text
-        full = tiny_model.tokenizer.decode(state.token_ids, skip_special_tokens=True).strip()
-        if state.finish_reason != "stop_string":
-            assert state.text == full
+        full = sp.decode(state.token_ids).lstrip()
+        cut = min((i for i in (full.find(s) for s in STOP_STRINGS) if i >= 0), default=len(full))
+        assert state.text == full[:cut].rstrip()
+        assert (cut < len(full)) == (state.finish_reason == "stop_string")
         assert all(deltas)
 
 
@@ -67,3 +67,45 @@ def test_prompt_template_is_the_release_one():
         "Write a response that appropriately completes the request.\n\n### Instruction:\nQ\n\n### Input:\nI\n\n### Response:"
     )
     assert format_prompt("Q2", history=[("Q1", "A1")]).endswith("### Instruction:\nQ1\n\n### Response: A1\n\n### Instruction:\nQ2\n\n### Response:")
+
+
+def _successor_llm(vocab: int, successor: dict[int, int]):
+    """A real one-layer LlamaForCausalLM whose greedy next token is successor[current]: one-hot
+    embeddings pass the residual stream unchanged (o_proj and down_proj zero), lm_head maps them."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=vocab, intermediate_size=8, num_hidden_layers=1, num_attention_heads=4)
+    llm = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        llm.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        llm.model.layers[0].self_attn.o_proj.weight.zero_()
+        llm.model.layers[0].mlp.down_proj.weight.zero_()
+        head = torch.zeros(vocab, vocab)
+        for current in range(vocab):
+            head[successor.get(current, 2), current] = 1.0  # anything else: EOS
+        llm.lm_head.weight.copy_(head)
+    return llm
+
+
+def test_chinese_answer_cut_at_the_token_limit_streams_as_sentencepiece_decodes(tiny_release, tiny_model):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_release.tokenizer))
+    # Byte pieces only: the tiny vocabulary has no CJK pieces. 中 E4 B8 AD, 文 E6 96 87, 猫 E7 8C AB.
+    answer = sp.encode("cat") + [sp.piece_to_id(f"<0x{b:02X}>") for b in "中文猫".encode()]
+    prompt = sp.encode("Q")
+    chain = [prompt[-1]] + answer
+    assert len(set(chain)) == len(chain)  # each token has one successor
+    successor = dict(zip(chain, chain[1:]))
+    for cut in range(1, len(answer) + 1):
+        llm = _successor_llm(sp.get_piece_size(), successor)
+        state = GenerationState()
+        deltas = list(stream_tokens(llm, tiny_model.tokenizer, [1] + prompt, GenerationConfig(max_new_tokens=cut, temperature=0), state))
+        want = sp.decode(state.token_ids).strip()
+        assert "".join(deltas) == state.text == want
+    assert state.text == "cat中文猫"
+    assert state.finish_reason == "length"
+    # Cut one byte short, as SentencePiece decodes: two U+FFFD for the two bytes, not a row.
+    cut_short = GenerationState()
+    list(stream_tokens(llm, tiny_model.tokenizer, [1] + prompt, GenerationConfig(max_new_tokens=len(answer) - 1, temperature=0), cut_short))
+    assert cut_short.text == "cat中文\ufffd\ufffd"

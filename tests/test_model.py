@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -114,3 +116,113 @@ def test_half_precision_loads_and_stays_close(tiny_converted, tiny_model, dtype)
         with tiny_model.injection.active(tiny_model.conditioning_terms(embedding)):
             full = tiny_model.llm(input_ids=tokens).logits
     assert (half - full).abs().max() < 0.05 * full.abs().max()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile converted folders: refused from their headers and configs, before anything is built
+# ---------------------------------------------------------------------------------------------
+
+
+def _copy(tiny_converted, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(tiny_converted, tmp_path / "folder"))
+
+
+def _edit_json(path, **changes):
+    import json
+
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_hidden_layers": 100_000}, "claims 100000 layers; the weights .* hold 2"),
+        ({"num_hidden_layers": 3}, "claims 3 layers"),  # loaded before, the missing layer randomly initialised
+        ({"vocab_size": 10_000_000}, r"model.embed_tokens.weight \(512, 64\) \(config.json gives \(10000000, 64\)\)"),
+        ({"intermediate_size": 1_000_000}, r"mlp.gate_proj.weight \(192, 64\) \(config.json gives \(1000000, 64\)\)"),
+        ({"hidden_size": "64"}, "hidden_size = '64' is not a positive integer"),
+        ({"auto_map": {"AutoModelForCausalLM": "evil.Model"}}, "asks for custom code"),
+        ({"quantization_config": {"quant_method": "bitsandbytes"}}, "quantization_config"),
+        ({"model_type": "evil"}, "model_type 'evil'"),
+    ],
+)
+def test_hostile_llm_config_is_refused_before_building(tiny_converted, tmp_path, changes, message):
+    import resource
+
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    _edit_json(folder / "llm" / "config.json", **changes)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(WeightsError, match=message):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing large was allocated
+
+
+def test_tokenizer_config_with_custom_code_is_refused_without_prompting(tiny_converted, tmp_path, monkeypatch):
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    (folder / "llm" / "evil.py").write_text("raise SystemExit('custom code ran')\n")
+    _edit_json(folder / "llm" / "tokenizer_config.json", auto_map={"AutoTokenizer": [None, "evil.EvilTokenizer"]})
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("asked on the console"))
+    with pytest.raises(WeightsError, match="asks for custom code"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+    _edit_json(folder / "llm" / "tokenizer_config.json", auto_map=None)
+    import json
+
+    config = json.loads((folder / "llm" / "tokenizer_config.json").read_text())
+    del config["auto_map"]
+    config["tokenizer_class"] = "EvilTokenizer"
+    (folder / "llm" / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match="tokenizer_class 'EvilTokenizer'"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
+@pytest.mark.parametrize("key", ["llm", "adapter"])
+@pytest.mark.parametrize("value", ["../elsewhere", "/etc", 7])
+def test_folder_config_pointing_outside_is_refused(tiny_converted, tmp_path, key, value):
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    _edit_json(folder / "imagebind_llm.json", **{key: value})
+    with pytest.raises(WeightsError, match=f"'{key}'"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
+def test_shard_index_pointing_outside_is_refused(tiny_converted, tmp_path):
+    import json
+
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    index = folder / "llm" / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"]["model.norm.weight"] = "../../adapter.safetensors"
+    index.write_text(json.dumps(data))
+    with pytest.raises(WeightsError, match="weight_map entry = '../../adapter.safetensors' points outside"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
+def test_adapter_sized_for_other_layer_count_is_refused(tiny_converted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from demo.errors import WeightsError
+
+    folder = _copy(tiny_converted, tmp_path)
+    state = load_file(str(folder / "adapter.safetensors"))
+    state["injection.gates"] = torch.zeros(100_000, 4)
+    save_file(state, str(folder / "adapter.safetensors"))
+    with pytest.raises(WeightsError, match=r"injection.gates \(100000, 4\)"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
+def test_real_folders_pass_the_checks(tiny_converted):
+    from demo.model import check_complete, read_folder_config
+
+    for folder in (tiny_converted, Path(__file__).resolve().parents[1] / "weights" / "pocket"):
+        check_complete(folder, read_folder_config(folder))

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.model, if not beside the base weights")
     parser.add_argument("--imagebind", type=Path, help="imagebind_w3D.pth or imagebind_huge.pth to record in the folder")
     parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16", help="stored dtype (default: %(default)s)")
+    parser.add_argument("--custom-structure", action="store_true",
+                        help="accept an adapter whose structure differs from the release's (bind block count, bind width, "
+                             "LoRA rank read from the file); without it such an adapter is refused, its tensors named")
     parser.add_argument("--shard-size", type=float, default=2.0, help="GB per safetensors shard (default: %(default)s)")
     args = parser.parse_args(argv)
 
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         out = convert(
             args.base, args.adapter, args.out, delta=args.delta, tokenizer=args.tokenizer, imagebind=args.imagebind,
             dtype=getattr(torch, args.dtype), max_shard_bytes=int(args.shard_size * 1024**3),
+            custom_structure=args.custom_structure,
         )
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -159,9 +159,7 @@ def run_features(args: argparse.Namespace) -> None:
 
 
 def run_stage(args: argparse.Namespace) -> None:
-    from transformers import LlamaTokenizer
-
-    from ..convert import MetaCheckpoint, convert, find_tokenizer, load_adapter_checkpoint, open_base
+    from ..convert import MetaCheckpoint, build_tokenizer, convert, find_tokenizer, load_adapter_checkpoint, open_base
     from ..model import resolve_device
     from .adapter_model import AdapterModel
     from .data import tokenize_all
@@ -182,7 +180,7 @@ def run_stage(args: argparse.Namespace) -> None:
         else:
             usable.append(record)
     tokenizer_path = find_tokenizer(args.base, args.tokenizer)
-    tokenizer = LlamaTokenizer.from_pretrained(str(tokenizer_path.parent), vocab_file=str(tokenizer_path))
+    tokenizer = build_tokenizer(tokenizer_path)  # SentencePiece's ids, as the original trains with
     samples = tokenize_all(usable, tokenizer, args.max_len, issues)
     logger.info("%d samples; %s", len(samples), issues.summary())
 
