@@ -1,0 +1,188 @@
+"""demo/eval: MME layout and official scoring, resume, caption metrics, pocket tasks, and the
+lmms-eval / VLMEvalKit wrappers, on tiny data made here (no network)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from demo.cache import CacheConfig
+from demo.config import GenerationConfig
+from demo.eval import captions, mme
+from demo.eval.runner import Runner, RunSettings, Sample, sample_key
+from demo.pipeline import InputItem
+
+SHORT = GenerationConfig(max_new_tokens=3, temperature=0.0)
+
+
+def _image(path: Path, colour: str) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 32), colour).save(path)
+    return path
+
+
+def make_mme(root: Path) -> Path:
+    """Three subtasks in the three official forms: split (artwork), flat (count), and a combined
+    eval-tool list (code_reasoning, listed in root/lists)."""
+    data = root / "MME_Benchmark_release_version"
+    for i, colour in enumerate(("red", "blue")):
+        _image(data / "artwork" / "images" / f"{i}.jpg", colour)
+        (data / "artwork" / "questions_answers_YN" / f"{i}.txt").parent.mkdir(parents=True, exist_ok=True)
+        (data / "artwork" / "questions_answers_YN" / f"{i}.txt").write_text(
+            f"Is it {colour}? Please answer yes or no.\tYes\nIs it green? Please answer yes or no.\tNo\n")
+    for i in range(3):
+        _image(data / "count" / f"00{i}.png", "white")
+        (data / "count" / f"00{i}.txt").write_text(f"Are there {i} cats? Please answer yes or no.\tYes\n"
+                                                    f"Are there {i + 5} cats? Please answer yes or no.\tNo\n")
+    _image(data / "code_reasoning" / "0001.png", "black")
+    (root / "lists").mkdir()
+    (root / "lists" / "code_reasoning.txt").write_text(
+        "0001.png\tDoes it print 1? Please answer yes or no.\tNo\n0001.png\tDoes it print 2? Please answer yes or no.\tYes\n")
+    return data
+
+
+def test_mme_reads_the_official_layouts(tmp_path):
+    data = make_mme(tmp_path)
+    samples = mme.load(data, listing=tmp_path / "lists")
+    by_task = {}
+    for s in samples:
+        by_task.setdefault(s.reference["subtask"], []).append(s)
+    assert {k: len(v) for k, v in by_task.items()} == {"count": 6, "artwork": 4, "code_reasoning": 2}
+    first = by_task["artwork"][0]
+    assert first.question == "Is it red? Please answer yes or no."
+    assert first.reference["truth"] == "yes" and first.inputs[0].source.endswith("artwork/images/0.jpg")
+    assert [s.reference["truth"] for s in by_task["code_reasoning"]] == ["no", "yes"]  # the list's order
+    # the suffix option replaces the official ending; --limit keeps whole images
+    bare = mme.load(data, suffix="Answer yes or no only.", limit=1, subtasks=("count",))
+    assert [s.question for s in bare] == ["Are there 0 cats? Answer yes or no only.", "Are there 5 cats? Answer yes or no only."]
+    assert mme.load(data, suffix="", limit=1, subtasks=("count",))[0].question == "Are there 0 cats?"
+
+
+def test_mme_answer_parsing_is_the_official_one():
+    cases = {"Yes": "yes", "no": "no", "No.": "no", "yes, there is": "yes", "Nope": "no", "not sure": "no",
+             "There is one": "other", "maybe": "other", " yes": "yes", "I think yes": "other", "nonsense yes": "no"}
+    assert {text: mme.parse_answer(text) for text in cases} == cases
+
+
+def test_mme_scores_match_a_hand_computation():
+    def rec(task, image, truth, answer):
+        return {"answer": answer, "reference": {"subtask": task, "image": image, "truth": truth}}
+
+    records = [
+        rec("existence", "1", "yes", "Yes"), rec("existence", "1", "no", "No."),            # both right
+        rec("existence", "2", "yes", "maybe"), rec("existence", "2", "no", "no"),            # 'other' is wrong
+        rec("existence", "3", "yes", "yes, there is"), rec("existence", "3", "no", "Nope"),  # both right
+        rec("count", "1", "yes", "There is one"), rec("count", "1", "no", "no"),
+        rec("count", "2", "yes", "yes"), rec("count", "2", "no", "yes"),
+        rec("code_reasoning", "1", "yes", "yes"), rec("code_reasoning", "1", "no", "yes"),
+    ]
+    scores = mme.score(records)
+    existence, count, code = (scores["subtasks"][k] for k in ("existence", "count", "code_reasoning"))
+    # existence: 5 of 6 answers right, 2 of 3 images with both right -> 100 * (5/6 + 2/3) = 150
+    assert (existence["accuracy"], existence["accuracy_plus"]) == (5 / 6, 2 / 3)
+    assert existence["score"] == pytest.approx(150.0) and existence["other"] == 1
+    # count: 2 of 4 right, no image with both -> 50; code_reasoning: 1 of 2, none -> 50
+    assert (count["accuracy"], count["accuracy_plus"], count["score"]) == (0.5, 0.0, 50.0)
+    assert (code["accuracy"], code["accuracy_plus"], code["score"]) == (0.5, 0.0, 50.0)
+    assert scores["perception"] == pytest.approx(200.0) and scores["cognition"] == pytest.approx(50.0)
+    assert scores["complete"] == {"perception": False, "cognition": False}
+    assert "| **perception** | | | | | | **200.00** (subtasks missing" in mme.table(scores)
+
+
+def test_mme_run_resumes_without_generating(tmp_path, tiny_pipeline):
+    data = make_mme(tmp_path)
+    samples = mme.load(data, subtasks=("artwork", "count"), limit=2)  # 4 images, 8 questions
+    settings = RunSettings(model="tiny", generation=SHORT)
+    first = Runner(tiny_pipeline, tmp_path / "out", settings, progress=False)
+    records = first.answer_all(samples)
+    assert first.generated == 8 and len((tmp_path / "out" / "answers.jsonl").read_text().splitlines()) == 8
+    assert len(first._embeddings) == 4  # one embedding per image, two questions each
+
+    again = Runner(tiny_pipeline, tmp_path / "out", settings, progress=False)
+    assert [r["answer"] for r in again.answer_all(samples)] == [r["answer"] for r in records]
+    assert again.generated == 0
+    # a changed setting is a new key: answered afresh, the old answers kept
+    other = Runner(tiny_pipeline, tmp_path / "out", RunSettings(model="tiny", generation=GenerationConfig(max_new_tokens=2, temperature=0.0)),
+                   progress=False)
+    other.answer_all(samples[:1])
+    assert other.generated == 1 and len((tmp_path / "out" / "answers.jsonl").read_text().splitlines()) == 9
+
+    # the official results files hold what was scored
+    folder = mme.write_official_results(records, tmp_path / "out")
+    lines = (folder / "artwork.txt").read_text().splitlines()
+    assert lines[0].split("\t")[:3] == ["0.jpg", "Is it red? Please answer yes or no.", "Yes"]
+
+
+def test_sample_key_depends_on_every_setting():
+    sample = Sample("s", "Q?", [InputItem("image", "a.png")])
+    base = RunSettings(model="tiny", generation=SHORT)
+    keys = {
+        sample_key(sample, base),
+        sample_key(sample, RunSettings(model="pocket", generation=SHORT)),
+        sample_key(sample, RunSettings(model="tiny", generation=GenerationConfig(max_new_tokens=4, temperature=0.0))),
+        sample_key(Sample("s", "Q? Please answer yes or no.", sample.inputs), base),
+        sample_key(Sample("s", "Q?", [InputItem("image", "b.png")]), base),
+        sample_key(Sample("s", "Q?", sample.inputs, cache=CacheConfig(enabled=True)), base),
+    }
+    assert len(keys) == 6 and all(k.startswith("s|") for k in keys)
+
+
+def test_mme_command_writes_scores_and_resumes(tmp_path, tiny_pipeline):
+    from demo.eval.__main__ import main
+
+    data = make_mme(tmp_path)
+    argv = ["mme", "--data", str(data), "--model", "tiny", "--out", str(tmp_path / "out"), "--limit", "1",
+            "--subtasks", "artwork", "count", "--max-new-tokens", "2", "--no-progress"]
+    assert main(argv) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["generated"] == 4 and set(scores["subtasks"]) == {"artwork", "count"}
+    assert scores["settings"]["generation"] == {"max_new_tokens": 2, "temperature": 0.0, "top_p": 0.75, "seed": None}
+    # recompute from the official results file the command wrote
+    for task, row in scores["subtasks"].items():
+        lines = [line.split("\t") for line in (tmp_path / "out" / "mme_results" / f"{task}.txt").read_text().splitlines()]
+        right = [mme.parse_answer(answer) == truth.lower() for _, _, truth, answer in lines]
+        assert row["accuracy"] == sum(right) / len(right)
+    assert (tmp_path / "out" / "scores.md").read_text().startswith("| subtask |")
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "out" / "scores.json").read_text())["generated"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions
+# ---------------------------------------------------------------------------------------------
+def test_caption_metrics_against_hand_values():
+    # candidate "a red cube" against "a red cube is here": every n-gram matches, brevity penalty
+    # exp(1 - 5/3) for the 3-word candidate against the 5-word reference
+    metrics = captions.caption_metrics({"x": "A red cube."}, {"x": ["a red cube is here"]})
+    bp = math.exp(1 - 5 / 3)
+    assert metrics["BLEU-1"] == pytest.approx(bp, rel=1e-6) and metrics["BLEU-3"] == pytest.approx(bp, rel=1e-6)
+    assert captions.tokenize("A dog's bark, loud!") == "a dog's bark loud"
+    # CIDEr-D: an exact caption scores above a wrong one on the same set (document frequencies from it)
+    refs = {"a": ["a dog barks loudly"], "b": ["rain falls on a roof"], "c": ["a car passes by"]}
+    good = captions.caption_metrics({"a": "a dog barks loudly", "b": "rain falls on a roof", "c": "a car passes by"}, refs)
+    bad = captions.caption_metrics({"a": "rain falls on a roof", "b": "a car passes by", "c": "a dog barks loudly"}, refs)
+    assert good["CIDEr"] > 1.0 > bad["CIDEr"] and good["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_caption_benchmark_on_audio_and_image(tmp_path, tiny_pipeline):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "beep.wav", 0.3 * np.sin(np.linspace(0, 880 * np.pi, 16000)).astype("float32"), 16000)
+    _image(tmp_path / "red.png", "red")
+    rows = [{"id": "beep", "modality": "audio", "file": "beep.wav", "captions": ["a high beep", "a tone sounds"]},
+            {"id": "red", "modality": "image", "file": "red.png", "captions": ["a red square"], "question": "What is it?"}]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = captions.load(tmp_path / "set.jsonl")
+    assert samples[0].question == "Describe this sound in one sentence." and samples[1].question == "What is it?"
+    runner = Runner(tiny_pipeline, tmp_path / "out", RunSettings(model="tiny", generation=SHORT), progress=False)
+    scores = captions.score(runner.answer_all(samples))
+    assert set(scores["modalities"]) == {"audio", "image", "all"} and scores["modalities"]["all"]["samples"] == 2
+    assert all(0.0 <= row["BLEU-1"] <= 1.0 and row["CIDEr"] >= 0.0 for row in scores["modalities"].values())
+    assert "| audio | 1 |" in captions.table(scores)
