@@ -186,3 +186,139 @@ def test_caption_benchmark_on_audio_and_image(tmp_path, tiny_pipeline):
     assert set(scores["modalities"]) == {"audio", "image", "all"} and scores["modalities"]["all"]["samples"] == 2
     assert all(0.0 <= row["BLEU-1"] <= 1.0 and row["CIDEr"] >= 0.0 for row in scores["modalities"].values())
     assert "| audio | 1 |" in captions.table(scores)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pocket world tasks
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pocket_pipeline():
+    from demo.pipeline import POCKET_FOLDER, ImageBindLLMPipeline
+
+    return ImageBindLLMPipeline.from_pretrained("pocket", device="cpu", cache_path=POCKET_FOLDER / "cache.index")
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    from demo.world.scene import WorldSpec, generate_world, read_world
+
+    folder = tmp_path_factory.mktemp("world")
+    generate_world(folder, WorldSpec(seed=0, train=0, test=3), workers=1)  # 3 held-out objects (videos too)
+    return folder, read_world(folder, "test")
+
+
+def test_pocket_tasks_on_a_small_world(tmp_path, pocket_pipeline, small_world):
+    from demo.eval import pocket
+
+    _, entries = small_world
+    settings = RunSettings(model="pocket", generation=pocket.GREEDY)
+    runner = Runner(pocket_pipeline, tmp_path / "out", settings, progress=False)
+    result = pocket.run(runner, entries, ("image", "audio"), mix=1, cache_settings=[False])
+    # 3 objects x 3 attributes x 2 modalities, then one mix (objects 1 and 2 differ in everything) x 3 questions
+    assert runner.generated == 3 * 3 * 2 + 3
+    assert list(result.rows) == [("image", False), ("audio", False)]
+    assert all(v in (0, 1 / 3, 2 / 3, 1) for row in result.rows.values() for v in row.values())
+    assert result.mix["pairs"] == 1 and 0 <= result.mix["both"] <= 1
+    # cache-on rows: the pipeline's cache (loaded) gives them by default; points carry shape only
+    points = pocket.run(runner, entries, ("point",), mix=0)
+    assert list(points.rows) == [("point", False), ("point", True)] and set(points.rows[("point", True)]) == {"shape"}
+    assert runner.generated == 21 + 3 * 2
+    result.rows.update(points.rows)
+    table = result.readme_table()
+    assert table.splitlines()[2].startswith("| image | yes | ") and "| point cloud | **no** | " in table and " / " in table
+    # the memoised embeddings give the same answer as the pipeline fed the file
+    entry = entries[0]
+    direct = pocket_pipeline("What colour is it?", [InputItem("image", entry["files"]["image"])], generation=pocket.GREEDY).text
+    record = next(r for r in runner.answer_all(pocket.attribute_samples(entries[:1], ("image",), [False]))
+                  if r["reference"]["attribute"] == "colour")
+    assert record["answer"] == direct and record["cached"]
+    # resumed: nothing new
+    again = Runner(pocket_pipeline, tmp_path / "out", settings, progress=False)
+    assert pocket.run(again, entries, ("image", "audio"), mix=1, cache_settings=[False]).mix == result.mix
+    assert again.generated == 0
+
+
+def test_pocket_command_and_world_shim(tmp_path, small_world, pocket_pipeline):
+    from demo.eval.__main__ import main
+    from demo.world.evaluate import Evaluation, evaluate  # the old import path still works
+
+    world, entries = small_world
+    argv = ["pocket", "--world", str(world), "--modalities", "audio", "--cache", "off", "--mix-pairs", "0", "--limit", "2",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 0
+    scores = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert scores["generated"] == 2 * 3 and list(scores["answers"]) == ["audio cache off"] and scores["objects"] == 2
+    assert "| audio | **no** | " in (tmp_path / "out" / "scores.md").read_text()
+    # demo.world.build's call, unchanged: one object, images, no mixes
+    old = evaluate(pocket_pipeline, entries[:1], ("image",), mix_pairs=0)
+    assert isinstance(old, Evaluation) and list(old.rows) == [("image", False), ("image", True)] and old.objects == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# lmms-eval plugin and VLMEvalKit wrapper
+# ---------------------------------------------------------------------------------------------
+def _tiny_task(tmp_path):
+    """A two-document lmms-eval style task: an image question and an audio question."""
+    import numpy as np
+    from PIL import Image
+
+    docs = [{"image": Image.new("RGB", (32, 32), "red"), "question": "What colour is it?"},
+            {"audio": {"array": 0.3 * np.sin(np.linspace(0, 880 * np.pi, 16000)), "sampling_rate": 16000}, "question": "What is it?"}]
+
+    def doc_to_visual(doc):
+        return [doc["image"]] if "image" in doc else [doc["audio"]]
+
+    return {"tiny_task": {"test": docs}}, doc_to_visual
+
+
+def test_lmms_eval_plugin_generate_until(tmp_path, tiny_pipeline, monkeypatch):
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.api.model import lmms
+
+    from demo.eval.lmms_plugin.models.imagebind_llm import ImageBindLLM
+
+    # `--model imagebind_llm` resolves to our class through lmms-eval's own plugin registry
+    monkeypatch.setenv("LMMS_EVAL_PLUGINS", "demo.eval.lmms_plugin")
+    import lmms_eval.models as registry
+
+    with pytest.warns(DeprecationWarning):
+        models = registry._initialize_model_registry()
+    assert models.get_model_class("imagebind_llm") is ImageBindLLM
+
+    task_dict, doc_to_visual = _tiny_task(tmp_path)
+    model = ImageBindLLM(pipeline=tiny_pipeline, max_new_tokens=4)
+    assert isinstance(model, lmms)
+    model.task_dict = task_dict
+    requests = [Instance("generate_until", (doc["question"], {"max_new_tokens": 3, "temperature": 0, "until": ["\n\n"]}, doc_to_visual, i,
+                                            "tiny_task", "test"), idx=0, metadata={"task": "tiny_task", "doc_id": i, "repeats": 1})
+                for i, doc in enumerate(task_dict["tiny_task"]["test"])]
+    answers = model.generate_until(requests)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    # the same answers as the pipeline fed the same media directly, greedy, 3 new tokens
+    greedy3 = GenerationConfig(max_new_tokens=3, temperature=0.0)
+    image = task_dict["tiny_task"]["test"][0]["image"]
+    assert answers[0] == tiny_pipeline("What colour is it?", [InputItem("image", image)], generation=greedy3).text.split("\n\n")[0]
+    with pytest.raises(NotImplementedError, match="generation tasks"):
+        model.loglikelihood(requests)
+
+
+def test_lmms_eval_generation_arguments():
+    from demo.eval.adapters import cut_at, generation_from, modality_of_path
+
+    default = GenerationConfig(max_new_tokens=64, temperature=0.1, top_p=0.75)
+    assert generation_from({}, default) == default
+    assert generation_from({"do_sample": False, "temperature": 0.7, "max_new_tokens": 5}, default) == GenerationConfig(5, 0.0, 0.75)
+    assert generation_from({"temperature": 0.2, "top_p": None}, default).top_p == 0.75
+    assert cut_at("yes\n\nQuestion: more", ["\n\n", "Question:"]) == "yes" and cut_at("yes", None) == "yes"
+    assert [modality_of_path(p) for p in ("a.MP4", "b.wav", "c.ply", "d.jpeg")] == ["video", "audio", "point", "image"]
+
+
+def test_vlmevalkit_wrapper(tmp_path, tiny_pipeline):
+    from demo.eval.vlmeval import ImageBindLLMVLM
+
+    image = _image(tmp_path / "red.png", "red")
+    model = ImageBindLLMVLM(pipeline=tiny_pipeline, generation=GenerationConfig(max_new_tokens=3, temperature=0.0))
+    assert model.normalise([str(image), "What is it?"]) == [{"type": "image", "value": str(image)}, {"type": "text", "value": "What is it?"}]
+    bare = model.generate([str(image), "What is it?"])
+    typed = model.generate([{"type": "image", "value": str(image)}, {"type": "text", "value": "What is it?"}], dataset="tiny")
+    assert bare == typed == tiny_pipeline("What is it?", [InputItem("image", str(image))], generation=model.generation).text

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown = ("Answers of the pocket model (pipeline)\n\n" + result.table() + "\n\nREADME table\n\n" + result.readme_table())
     seconds = time.perf_counter() - began
     scores = {"benchmark": args.benchmark, **scores, "settings": settings_dict(settings), "generated": runner.generated,
-              "answers": len(runner._known), "seconds": round(seconds, 1)}
+              "answers_on_file": runner.stored, "seconds": round(seconds, 1)}
     markdown += f"\n\nModel {settings.model}; {runner.generated} answers generated, the rest read from {runner.path}; {seconds:.0f} s."
     json_path, md_path = write_scores(out, scores, markdown)
     print(markdown)

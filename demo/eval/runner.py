@@ -112,6 +112,11 @@ class Runner:
                     logger.warning("%s line %d is not a whole record; that sample will be answered again", self.path, number)
         return known
 
+    @property
+    def stored(self) -> int:
+        """Answers in the answers file (every setting)."""
+        return len(self._known)
+
     def embed(self, item: InputItem) -> torch.Tensor:
         """The pipeline's embedding of a file input, computed once per (modality, path) in a run:
         benchmarks ask several questions about one file (MME: two per image; pocket: one per attribute)."""
