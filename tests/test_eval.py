@@ -153,6 +153,16 @@ def test_mme_command_writes_scores_and_resumes(tmp_path, tiny_pipeline):
     assert json.loads((tmp_path / "out" / "scores.json").read_text())["generated"] == 0
 
 
+def test_command_errors_say_what_to_do(tmp_path, capsys):
+    from demo.eval.__main__ import main
+
+    assert main(["mme", "--data", str(tmp_path / "missing"), "--model", "tiny", "--no-progress"]) == 2
+    assert "get MME_Benchmark_release_version from the authors" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["mme", "--data", str(tmp_path / "empty"), "--model", "tiny", "--no-progress"]) == 2
+    assert "holds none of the MME subtask folders" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # Captions
 # ---------------------------------------------------------------------------------------------

@@ -97,10 +97,23 @@ def load_pipeline(args, want_cache: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from ..errors import DemoError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     tokens, cache_rows = DEFAULTS[args.benchmark]
     args.cache = args.cache or cache_rows
+    if args.cache == "both" and args.benchmark != "pocket":
+        parser.error("--cache both makes two rows per task, which only the pocket table has: use --cache on or off")
+    try:
+        return _run(args, tokens)
+    except DemoError as exc:  # a bad data folder, a missing cache index...: the message says what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args, tokens: int) -> int:
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens or tokens, temperature=args.temperature, top_p=args.top_p,
                                   seed=args.seed).check()
     cache = CacheConfig(enabled=args.cache == "on", k=args.cache_k, temperature=args.cache_temperature, weight=args.cache_weight).check()

@@ -43,7 +43,7 @@ def load(path: str | Path, *, question: str | None = None, limit: int | None = N
     path = Path(path)
     if not path.is_file():
         raise InputError(f"caption file {path} does not exist: see docs/evaluation.md (captions) for its format")
-    samples = []
+    samples, seen = [], set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -60,9 +60,13 @@ def load(path: str | Path, *, question: str | None = None, limit: int | None = N
             captions = [captions]
         if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
             raise InputError(f"{path} line {number}: captions must be a non-empty list of strings")
+        sample_id = f"captions/{row.get('id', number)}"
+        if sample_id in seen:
+            raise InputError(f"{path} line {number}: id {row.get('id')!r} appears twice; ids must be unique")
+        seen.add(sample_id)
         prompt = row.get("question") or question or DEFAULT_QUESTION.format(noun=NOUNS.get(modality, modality))
         samples.append(Sample(
-            id=f"captions/{row.get('id', number)}",
+            id=sample_id,
             question=prompt,
             inputs=[InputItem(modality, str((path.parent / file)))],
             reference={"modality": modality, "captions": captions},

@@ -40,7 +40,7 @@ COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation
 SUBTASKS = PERCEPTION + COGNITION
 OFFICIAL_SUFFIX = "Please answer yes or no."  # ends every official question; `suffix` replaces it
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
-SOURCE_URL = "https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation"
+SOURCE_URL = "https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation"  # the authors' instructions
 PAPER_TARGET = {"perception": 775.77, "cognition": 213.57}  # ImageBind-LLM paper, real 7B weights
 
 
@@ -59,7 +59,8 @@ def find_root(data: str | Path) -> Path:
     unpacks to MME_Benchmark_release_version/MME_Benchmark/ in some copies)."""
     data = Path(data)
     if not data.is_dir():
-        raise InputError(f"MME data folder {data} does not exist: see docs/evaluation.md (MME) for where to get it")
+        raise InputError(f"MME data folder {data} does not exist: get MME_Benchmark_release_version from the authors "
+                         f"({SOURCE_URL}; docs/evaluation.md, MME) and pass its folder")
     for root in (data, *sorted(p for p in data.iterdir() if p.is_dir())):
         if any(_subtask_folder(root, name) for name in SUBTASKS):
             return root
