@@ -294,6 +294,14 @@ def test_lmms_eval_plugin_generate_until(tmp_path, tiny_pipeline, monkeypatch):
     with pytest.warns(DeprecationWarning):
         models = registry._initialize_model_registry()
     assert models.get_model_class("imagebind_llm") is ImageBindLLM
+    # ... and through the entry-point payload, once the project is installed as a distribution
+    from lmms_eval.models.registry_v2 import ModelRegistryV2
+
+    from demo.eval.lmms_plugin import manifest
+
+    fresh = ModelRegistryV2()
+    fresh.register_manifest(manifest())
+    assert fresh.get_model_class("imagebind_llm") is ImageBindLLM
 
     task_dict, doc_to_visual = _tiny_task(tmp_path)
     model = ImageBindLLM(pipeline=tiny_pipeline, max_new_tokens=4)
