@@ -327,6 +327,7 @@ def test_lmms_eval_generation_arguments():
     assert generation_from({}, default) == default
     assert generation_from({"do_sample": False, "temperature": 0.7, "max_new_tokens": 5}, default) == GenerationConfig(5, 0.0, 0.75)
     assert generation_from({"temperature": 0.2, "top_p": None}, default).top_p == 0.75
+    assert generation_from({"max_new_tokens": 1024, "temperature": 1.5}, default) == GenerationConfig(512, 1.0, 0.75)
     assert cut_at("yes\n\nQuestion: more", ["\n\n", "Question:"]) == "yes" and cut_at("yes", None) == "yes"
     assert [modality_of_path(p) for p in ("a.MP4", "b.wav", "c.ply", "d.jpeg")] == ["video", "audio", "point", "image"]
 

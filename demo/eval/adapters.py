@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import GenerationConfig
+from ..config import GENERATION_LIMITS, GenerationConfig
 from ..errors import InputError
 from ..pipeline import InputItem
 
@@ -63,14 +63,15 @@ def to_inputs(media: Iterable[Any], scratch: str | os.PathLike) -> list[InputIte
 
 def generation_from(kwargs: dict, default: GenerationConfig) -> GenerationConfig:
     """lmms-eval's gen_kwargs (max_new_tokens, temperature, top_p, do_sample) over our defaults;
-    do_sample=False or temperature 0 means greedy, as in transformers."""
+    do_sample=False or temperature 0 means greedy, as in transformers. Values past our limits
+    (tasks ask up to 1024 new tokens or temperatures above 1) are clamped to them, not refused."""
     temperature = float(kwargs.get("temperature", default.temperature) or 0.0)
     if kwargs.get("do_sample") is False:
         temperature = 0.0
     top_p = kwargs.get("top_p")
     return GenerationConfig(
-        max_new_tokens=int(kwargs.get("max_new_tokens", default.max_new_tokens)),
-        temperature=min(temperature, 1.0),
+        max_new_tokens=min(int(kwargs.get("max_new_tokens", default.max_new_tokens)), int(GENERATION_LIMITS["max_new_tokens"][1])),
+        temperature=min(temperature, GENERATION_LIMITS["temperature"][1]),
         top_p=default.top_p if top_p is None else float(top_p),
         seed=default.seed,
     ).check()
