@@ -1,0 +1,1 @@
+"""Task YAMLs lmms-eval adds to its search path for this plugin (none yet)."""
