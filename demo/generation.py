@@ -1,24 +1,20 @@
-"""Token-by-token sampling as an iterator of text deltas.
+"""Sampling, and the single-request decode loop (the reference the batched engine must match).
 
-SentencePiece cannot decode one token at a time (a piece's leading space depends on its
-neighbours, and byte-fallback pieces only form characters together), so each step decodes the
-whole answer so far and emits only the new suffix. Text that might still change is held back:
-a trailing run of byte-fallback and special tokens (byte pieces are decoded together, so a later
-byte can turn earlier ones into U+FFFD, and skipped special tokens such as <unk> let two byte
-runs merge), trailing whitespace (the answer is stripped, as in the release), and a tail that
-could be the start of a stop string.
+The text of an answer is made by `demo.detokenizer.Detokenizer` (stop strings, held-back
+byte runs); this module only produces token ids. The engine (`demo/engine.py`) runs many
+requests together with the same `sample_next` and `Detokenizer`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import GenerationConfig
+from .detokenizer import Detokenizer, _held_back  # noqa: F401  (_held_back: re-exported for tests/test_generation.py)
+from .injection import TERMS_KWARG
 
 
 @dataclass
@@ -43,14 +39,6 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return int(order[choice])
 
 
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters of `text` could still become a stop string."""
-    for k in range(min(len(text), max((len(s) for s in stops), default=0)), 0, -1):
-        if any(s.startswith(text[-k:]) for s in stops):
-            return k
-    return 0
-
-
 @torch.inference_mode()
 def stream_tokens(
     llm,
@@ -59,70 +47,45 @@ def stream_tokens(
     config: GenerationConfig,
     state: GenerationState,
     stop_strings: tuple[str, ...] = (),
-    condition: Callable[[], AbstractContextManager] = nullcontext,
+    terms: torch.Tensor | None = None,
 ) -> Iterator[str]:
-    """Yield text deltas of the answer to `prompt_ids`; `state` ends with the full answer.
-
-    `condition()` is entered around every forward pass (e.g. the injection of this request's
-    terms). Entering it per step rather than once keeps the stream correct when a server resumes
-    the generator on another thread between tokens, as Gradio's worker pool does.
-    """
+    """Yield text deltas of the answer to `prompt_ids`, one request alone; `state` ends with the
+    full answer. `terms` (1, L, D): this request's injection (None: the plain LLaMA)."""
     from transformers import DynamicCache
 
     device = llm.model.embed_tokens.weight.device
-    generator = None
-    if config.temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
+    generator = request_generator(config, device)
     eos = tokenizer.eos_token_id
-    unsettled = unsettled_token_ids(tokenizer)
+    text = Detokenizer(tokenizer, stop_strings)
     cache = DynamicCache()
     inputs = torch.tensor([prompt_ids], device=device)  # (1, T)
-    emitted = ""
     state.finish_reason = "length"
     for _ in range(int(config.max_new_tokens)):
-        with condition():
-            logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]  # (V,)
+        # logits_to_keep=1: the prefill computes the output layer for the last position only.
+        logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **{TERMS_KWARG: terms}).logits[0, -1]  # (V,)
         token = sample_next(logits, config.temperature, config.top_p, generator)
         if token == eos:
             state.finish_reason = "eos"
             break
         state.token_ids.append(token)
         inputs = torch.tensor([[token]], device=device)  # (1, 1): the cache holds the rest
-        text, stopped = _answer_so_far(tokenizer, state.token_ids, stop_strings)
-        if stopped:
+        delta = text.push(token)
+        if text.stopped:
             state.finish_reason = "stop_string"
             break
-        settled = len(state.token_ids)
-        while settled and state.token_ids[settled - 1] in unsettled:
-            settled -= 1
-        if settled < len(state.token_ids):  # decode only up to the trailing unsettled run
-            text = _answer_so_far(tokenizer, state.token_ids[:settled], stop_strings)[0]
-        stable = text[: len(text) - _held_back(text, stop_strings)].rstrip()
-        if stable.startswith(emitted) and len(stable) > len(emitted):
-            yield stable[len(emitted):]
-            emitted = stable
-    final = _answer_so_far(tokenizer, state.token_ids, stop_strings)[0].rstrip()
-    if final.startswith(emitted) and len(final) > len(emitted):
-        yield final[len(emitted):]
-        emitted = final
-    state.text = emitted
+        if delta:
+            yield delta
+    delta = text.finish()
+    if delta:
+        yield delta
+    state.text = text.text
 
 
-def unsettled_token_ids(tokenizer) -> frozenset[int]:
-    """Ids whose decoded text can still change with the next token: SentencePiece byte-fallback
-    pieces ("<0x41>") and special tokens (skipped when decoding). Computed once per tokenizer."""
-    cached = getattr(tokenizer, "_unsettled_token_ids", None)
-    if cached is None:
-        pattern = re.compile(r"<0x[0-9A-Fa-f]{2}>")
-        vocab = tokenizer.get_vocab()
-        cached = frozenset(i for piece, i in vocab.items() if pattern.fullmatch(piece)) | set(tokenizer.all_special_ids)
-        tokenizer._unsettled_token_ids = cached
-    return cached
-
-
-def _answer_so_far(tokenizer, token_ids: list[int], stop_strings: tuple[str, ...]) -> tuple[str, bool]:
-    """Decoded answer without leading space, cut before the first stop string; and whether cut."""
-    text = tokenizer.decode(token_ids, skip_special_tokens=True).lstrip()
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def request_generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    """The request's own random stream (None for greedy): the same seed gives the same answer
+    whatever else runs beside it."""
+    if config.temperature <= 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
+    return generator

@@ -16,7 +16,7 @@ from torch import nn
 from .bind_network import BindNetwork
 from .convert import CONFIG_NAME, FORMAT_VERSION
 from .errors import WeightsError
-from .injection import GatedInjection
+from .injection import GatedInjection, use_gated_attention
 
 # name -> kwargs of transformers.BitsAndBytesConfig
 QUANTIZATION: dict[str, dict] = {
@@ -53,7 +53,7 @@ class ImageBindLLM(nn.Module):
         self.tokenizer = tokenizer
         self.bind = bind
         self.injection = injection
-        self.injection.attach(llm)
+        use_gated_attention(llm)  # the forward now takes injection_terms=(B, L, D)
 
     @property
     def device(self) -> torch.device:
@@ -113,7 +113,8 @@ class ImageBindLLM(nn.Module):
         bind = BindNetwork(**BindNetwork.dims_from_state_dict(bind_state))
         _load_strict(bind, bind_state, "bind network", folder / meta["adapter"])
         cfg = llm.config
-        injection = GatedInjection(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, state["injection.lora_v_a"].shape[1])
+        kv_dim = cfg.num_key_value_heads * getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
+        injection = GatedInjection(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, state["injection.lora_v_a"].shape[1], kv_dim)
         inj_state = {k.removeprefix("injection."): v for k, v in state.items() if k.startswith("injection.")}
         _load_strict(injection, inj_state, "gated injection", folder / meta["adapter"])
         unused = sorted(k for k in state if not k.startswith(("bind.", "injection.")))

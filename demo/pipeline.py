@@ -16,7 +16,6 @@ import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -243,8 +242,7 @@ class ImageBindLLMPipeline:
         room = self.model.context_length - len(ids)
         config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
         state = state if state is not None else GenerationState()
-        condition = partial(self.model.injection.active, conditioning.terms)
-        yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS, condition)
+        yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS, conditioning.terms)
 
     def __call__(
         self,

@@ -37,8 +37,8 @@ def test_streamed_deltas_concatenate_to_the_answer(tiny_model, embedding_seed):
     terms = tiny_model.conditioning_terms(torch.randn(1, tiny_model.bind.proj.in_features, generator=generator))
     for seed in range(4):
         state = GenerationState()
-        with tiny_model.injection.active(terms):
-            deltas = list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed), state, STOP_STRINGS))
+        config = GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed)
+        deltas = list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, config, state, STOP_STRINGS, terms=terms))
         assert "".join(deltas) == state.text
         full = tiny_model.tokenizer.decode(state.token_ids, skip_special_tokens=True).strip()
         if state.finish_reason != "stop_string":

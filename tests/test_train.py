@@ -147,8 +147,7 @@ def test_trained_adapter_round_trips_through_convert(release, samples, feature_d
     model.eval()
     with torch.no_grad():
         expected = model(ids, mask, embeddings).logits
-        with loaded.injection.active(loaded.conditioning_terms(embeddings)):
-            got = loaded.llm(input_ids=ids, attention_mask=mask).logits
+        got = loaded.llm(input_ids=ids, attention_mask=mask, injection_terms=loaded.conditioning_terms(embeddings)).logits
         plain = loaded.llm(input_ids=ids, attention_mask=mask).logits
     valid = mask.bool()
     assert (got - expected)[valid].abs().max() < 1e-4
