@@ -88,3 +88,25 @@ def test_half_precision_loads_and_stays_close(tiny_converted, tiny_model, dtype)
         half = model.llm(input_ids=tokens, injection_terms=model.conditioning_terms(embedding)).logits.float()
         full = tiny_model.llm(input_ids=tokens, injection_terms=tiny_model.conditioning_terms(embedding)).logits
     assert (half - full).abs().max() < 0.05 * full.abs().max()
+
+
+def _mapped_ranges(suffix: str = ".safetensors") -> list[tuple[int, int]]:
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5].endswith(suffix):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                ranges.append((start, end))
+    return ranges
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_cpu_weights_live_in_ordinary_memory_not_in_the_mapped_file(tiny_converted, tiny_model):
+    model = ImageBindLLM.from_pretrained(tiny_converted, device="cpu")
+    ranges = _mapped_ranges()
+    mapped = [name for name, p in model.named_parameters() if any(a <= p.data_ptr() < b for a, b in ranges)]
+    assert not mapped
+    tokens = _tokens(model)
+    with torch.no_grad():  # the same numbers as before the copy (the session's model, loaded the same way)
+        assert torch.equal(model.llm(input_ids=tokens).logits, tiny_model.llm(input_ids=tokens).logits)
