@@ -23,6 +23,9 @@ QUANTIZATION: dict[str, dict] = {
     "8bit": {"load_in_8bit": True},
     "4bit": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True},
 }
+# name -> torchao config class: weight-only quantisation that torch.compile fuses into the matmul
+# (the compiled engine path); bitsandbytes' kernels above are opaque to the compiler.
+TORCHAO_QUANTIZATION: dict[str, str] = {"int8-weight-only": "Int8WeightOnlyConfig"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
@@ -89,9 +92,9 @@ class ImageBindLLM(nn.Module):
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         kwargs: dict = {"dtype": dtype}
-        if quantization is not None:
+        if quantization is not None and quantization not in TORCHAO_QUANTIZATION:
             if quantization not in QUANTIZATION:
-                raise ValueError(f"unknown quantization {quantization!r}; choose one of {sorted(QUANTIZATION)}")
+                raise ValueError(f"unknown quantization {quantization!r}; choose one of {sorted([*QUANTIZATION, *TORCHAO_QUANTIZATION])}")
             if dtype == torch.float32 and device.type == "cuda":
                 dtype = kwargs["dtype"] = torch.float16
             # bitsandbytes warns on every int8 matmul that fp32 activations are cast to fp16:
@@ -107,6 +110,8 @@ class ImageBindLLM(nn.Module):
         # use_safetensors: never fall back to unpickling a stray pytorch_model.bin in the folder.
         llm = LlamaForCausalLM.from_pretrained(llm_dir, use_safetensors=True, **kwargs).eval()
         in_ordinary_memory(llm)
+        if quantization in TORCHAO_QUANTIZATION:
+            _torchao_quantize(llm, TORCHAO_QUANTIZATION[quantization])
         tokenizer = AutoTokenizer.from_pretrained(llm_dir)
 
         state = load_file(str(folder / meta["adapter"]))
@@ -126,6 +131,14 @@ class ImageBindLLM(nn.Module):
         bind.to(llm.model.embed_tokens.weight.device, dtype)
         injection.to(llm.model.embed_tokens.weight.device)
         return cls(llm, tokenizer, bind.eval(), injection.eval())
+
+
+def _torchao_quantize(llm: nn.Module, config_name: str) -> None:
+    """Quantise every linear layer of the decoder in place (lm_head stays, as with bitsandbytes)."""
+    import torchao.quantization
+
+    config = getattr(torchao.quantization, config_name)()
+    torchao.quantization.quantize_(llm, config, filter_fn=lambda module, name: isinstance(module, nn.Linear) and name != "lm_head")
 
 
 def in_ordinary_memory(module: nn.Module) -> None:

@@ -110,3 +110,26 @@ def test_cpu_weights_live_in_ordinary_memory_not_in_the_mapped_file(tiny_convert
     tokens = _tokens(model)
     with torch.no_grad():  # the same numbers as before the copy (the session's model, loaded the same way)
         assert torch.equal(model.llm(input_ids=tokens).logits, tiny_model.llm(input_ids=tokens).logits)
+
+
+def test_int8_weight_only_stays_close_and_compiles(tiny_converted, tiny_model):
+    """torchao int8 weight-only: logits near fp32, and the engine's static compiled path runs it
+    (aot_eager here; inductor fuses the dequantisation on a GPU, measured there)."""
+    from demo.engine import Engine, Request
+
+    model = ImageBindLLM.from_pretrained(tiny_converted, device="cpu", quantization="int8-weight-only")
+    assert type(model.llm.model.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    tokens = _tokens(model)
+    embedding = torch.randn(1, model.bind.proj.in_features, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        quantised = model.llm(input_ids=tokens, injection_terms=model.conditioning_terms(embedding)).logits
+        full = tiny_model.llm(input_ids=tokens, injection_terms=tiny_model.conditioning_terms(embedding)).logits
+    assert (quantised - full).abs().max() < 0.03 * full.abs().max()
+    engine = Engine(model.llm, model.tokenizer, max_batch=2, compile="aot_eager", max_length=96)
+    request = Request(tokens[0].tolist(), model.conditioning_terms(embedding), GenerationConfig(max_new_tokens=4, temperature=0))
+    stream = engine.submit(request)
+    list(stream)
+    engine.close()
+    alone = GenerationState()
+    list(stream_tokens(model.llm, model.tokenizer, request.prompt_ids, request.generation, alone, terms=request.terms))
+    assert stream.state.token_ids == alone.token_ids
