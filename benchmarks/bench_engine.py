@@ -147,7 +147,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated checkpoints here")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's). On a CPU shared with other jobs, 1 thread avoids OpenMP "
+                             "oversubscription, which makes small batched matmuls several times slower")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from demo.model import ImageBindLLM
 
     with tempfile.TemporaryDirectory() as tmp:

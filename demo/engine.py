@@ -197,7 +197,7 @@ class Engine:
                         self._step()
             except Exception as exc:  # a failed forward pass ends the running requests, not the engine
                 logger.exception("decoding step failed")
-                for index, row in enumerate(self._rows):
+                for row in self._rows:
                     if row is not None:
                         row.stream._end(exc)
                 self._rows = []
