@@ -2,6 +2,8 @@
 
     python benchmarks/bench_engine.py                       # tiny + medium, eager; compiled on tiny
     python benchmarks/bench_engine.py --compile-sizes tiny medium --tokens 32
+    python benchmarks/bench_engine.py --device cuda --dtype float16 --sizes 1b --compile-sizes 1b \
+        [--quantization int8-weight-only|8bit|4bit]                     # the same on a GPU
 
 1. Aggregate tokens/s for 1, 2, 4, 8 concurrent requests, each with its own conditioning
    (random ImageBind embedding), greedy, decoding exactly --tokens tokens (EOS never matches),
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None, help="keep generated checkpoints here")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 / float16 / bfloat16 (default: fp32 on CPU, fp16 on GPU)")
+    parser.add_argument("--quantization", default=None, help="8bit, 4bit (bitsandbytes) or int8-weight-only (torchao)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's). On a CPU shared with other jobs, 1 thread avoids OpenMP "
                              "oversubscription, which makes small batched matmuls several times slower")
@@ -157,15 +162,17 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.workdir or Path(tmp)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.tokens} new tokens per request")
+        where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        print(f"torch {torch.__version__}, {where}, dtype {args.dtype or 'default'}, quantization {args.quantization}; "
+              f"{args.tokens} new tokens per request")
         for size in args.sizes:
             folder = build(size, root)
-            model = ImageBindLLM.from_pretrained(folder, device="cpu")
+            model = ImageBindLLM.from_pretrained(folder, device=args.device, dtype=args.dtype, quantization=args.quantization)
             concurrency(model, size, args.tokens, args.rounds)
             injection_overhead(model, size, args.tokens, args.rounds)
             if size in args.compile_sizes:
                 compiled(model, size, args.tokens, args.rounds)
-            if size != "tiny":
+            if size != "tiny" and args.device == "cpu":
                 mapped_output_layer(folder, args.rounds)
 
 
