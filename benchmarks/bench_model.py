@@ -76,12 +76,14 @@ def decode_speed(folder: Path, tokens: int, rounds: int) -> None:
     tokenizer = _NoEos(model.tokenizer)  # random model: never stop early, decode exactly `tokens`
     config = GenerationConfig(max_new_tokens=tokens, temperature=0.0)
 
+    gated_attention = model.llm.config._attn_implementation  # demo.injection's wrapper
+    plain_attention = gated_attention.removeprefix("imagebind_")
+
     def run(active: bool) -> float:
-        # Plain = the same Llama with no hooks at all (transformers' own fast path).
-        model.injection.attach(model.llm) if active else model.injection.detach()
+        # Plain = the same Llama with transformers' own attention, no wrapper, no terms.
+        model.llm.config._attn_implementation = gated_attention if active else plain_attention
         start = time.perf_counter()
-        with model.injection.active(terms if active else None):
-            list(stream_tokens(model.llm, tokenizer, prompt, config, GenerationState()))
+        list(stream_tokens(model.llm, tokenizer, prompt, config, GenerationState(), terms=terms if active else None))
         return tokens / (time.perf_counter() - start)
 
     run(True), run(False)  # warm-up
@@ -104,8 +106,7 @@ ctypes.CDLL("libc.so.6").malloc_trim(0)
 before = psutil.Process().memory_info().rss
 m = ImageBindLLM.from_pretrained({folder!r}, device="cpu", quantization={quant!r})
 terms = m.conditioning_terms(torch.randn(1, 1024))
-with m.injection.active(terms):
-    list(stream_tokens(m.llm, m.tokenizer, list(range(3, 40)), GenerationConfig(max_new_tokens=8, temperature=0), GenerationState()))
+list(stream_tokens(m.llm, m.tokenizer, list(range(3, 40)), GenerationConfig(max_new_tokens=8, temperature=0), GenerationState(), terms=terms))
 ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed load-time buffers back, count only what is kept
 after = psutil.Process().memory_info().rss
 tensors = sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()])

@@ -1,21 +1,21 @@
-"""Token-by-token sampling as an iterator of text deltas.
+"""Sampling, and the single-request decode loop (the reference the batched engine must match).
 
 Text comes from `detokenizer.Detokenizer`: SentencePiece's decode of the answer's ids (as the
 original decodes it), built one token at a time at constant cost, holding back what could still
-change (an incomplete UTF-8 character of a byte-fallback run, trailing whitespace, a tail that could
-become a stop string).
+change. This module only produces token ids; the engine (`demo/engine.py`) runs many requests
+together with the same `sample_next` and `Detokenizer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from .config import GenerationConfig
 from .detokenizer import Detokenizer
+from .injection import TERMS_KWARG
 
 
 @dataclass
@@ -48,40 +48,43 @@ def stream_tokens(
     config: GenerationConfig,
     state: GenerationState,
     stop_strings: tuple[str, ...] = (),
-    condition: Callable[[], AbstractContextManager] = nullcontext,
+    terms: torch.Tensor | None = None,
 ) -> Iterator[str]:
-    """Yield text deltas of the answer to `prompt_ids`; `state` ends with the full answer.
-
-    `condition()` is entered around every forward pass (e.g. the injection of this request's
-    terms). Entering it per step rather than once keeps the stream correct when a server resumes
-    the generator on another thread between tokens, as Gradio's worker pool does.
-    """
+    """Yield text deltas of the answer to `prompt_ids`, one request alone; `state` ends with the
+    full answer. `terms` (1, L, D): this request's injection (None: the plain LLaMA)."""
     from transformers import DynamicCache
 
     device = llm.model.embed_tokens.weight.device
-    generator = None
-    if config.temperature > 0:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
+    generator = request_generator(config, device)
     eos = tokenizer.eos_token_id
-    detokenizer = Detokenizer(tokenizer, stop_strings)
+    text = Detokenizer(tokenizer, stop_strings)
     cache = DynamicCache()
     inputs = torch.tensor([prompt_ids], device=device)  # (1, T)
     state.finish_reason = "length"
     for _ in range(int(config.max_new_tokens)):
-        with condition():
-            logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]  # (V,)
+        # logits_to_keep=1: the prefill computes the output layer for the last position only.
+        logits = llm(input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=1, **{TERMS_KWARG: terms}).logits[0, -1]  # (V,)
         token = sample_next(logits, config.temperature, config.top_p, generator)
         if token == eos:
             state.finish_reason = "eos"
             break
         state.token_ids.append(token)
         inputs = torch.tensor([[token]], device=device)  # (1, 1): the cache holds the rest
-        if delta := detokenizer.push(token):
+        if delta := text.push(token):  # on a stop string: the text before it
             yield delta
-        if detokenizer.stopped:
+        if text.stopped:
             state.finish_reason = "stop_string"
             break
-    if delta := detokenizer.finish():
+    if delta := text.finish():
         yield delta
-    state.text = detokenizer.text
+    state.text = text.text
+
+
+def request_generator(config: GenerationConfig, device: torch.device) -> torch.Generator | None:
+    """The request's own random stream (None for greedy): the same seed gives the same answer
+    whatever else runs beside it."""
+    if config.temperature <= 0:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed if config.seed is not None else int(torch.seed() % 2**63))
+    return generator

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from .arithmetic import mix_embeddings, normalised_weights
 from .cancel import CancelToken, check
 from .config import GenerationConfig
 from .errors import BadInputError, InputError, PromptTooLongError
-from .generation import GenerationState, stream_tokens
+from .engine import Engine, Request
+from .generation import GenerationState
 from .modalities import get_modality
 from .prompt import STOP_STRINGS, format_prompt
 
@@ -77,11 +77,15 @@ class PipelineOutput:
 
 
 class ImageBindLLMPipeline:
-    def __init__(self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None):
+    def __init__(
+        self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None, engine: Engine | None = None
+    ):
         from .cache import CacheConfig
         from .inputs.limits import InputLimits
 
         self.model = model  # demo.model.ImageBindLLM
+        # Decodes every stream: concurrent requests share forward passes (demo/engine.py).
+        self.engine = engine if engine is not None else Engine(model.llm, model.tokenizer)
         self.encoder = encoder  # demo.encoders.encoder.MultimodalEncoder
         self.cache = cache  # demo.cache.VisualCache or None (cache off)
         self.limits = limits or InputLimits()
@@ -108,6 +112,8 @@ class ImageBindLLMPipeline:
         cache_path: str | os.PathLike | None = None,
         imagebind_path: str | os.PathLike | None = None,
         home: str | os.PathLike | None = None,
+        concurrency: int = 8,
+        compile: bool = False,
     ) -> "ImageBindLLMPipeline":
         """Load a converted folder (see `weights/convert.py`) or the offline "tiny" preset.
 
@@ -115,6 +121,9 @@ class ImageBindLLMPipeline:
         cache_path: a faiss index for the visual cache; None leaves the cache off.
         imagebind_path: ImageBind weights, when not recorded in the folder's imagebind_llm.json.
         home: where the tiny preset is written (default $IBLLM_HOME or ~/.cache/imagebind-llm).
+        concurrency: requests decoded together in one batch (the engine's rows).
+        compile: the fast path (static KV cache + torch.compile; CUDA graphs on a GPU). Off by
+            default: on a CPU it compiles for minutes and is not faster (README, Engine).
         """
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
@@ -130,7 +139,8 @@ class ImageBindLLMPipeline:
             from .cache import VisualCache
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
-        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"))
+        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile)
+        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine)
 
     # ------------------------------------------------------------------------------------------
     # 1. Inputs -> conditioning
@@ -289,8 +299,11 @@ class ImageBindLLMPipeline:
         input_text: str | None = None,
         generation: GenerationConfig | None = None,
         state: GenerationState | None = None,
+        cancel: CancelToken | None = None,
     ) -> Iterator[str]:
-        """Yield the answer as text deltas. Breaking out of the loop stops generation."""
+        """Yield the answer as text deltas. Breaking out of the loop (or closing the generator)
+        stops generation and frees the batch row; `cancel.cancel()` does too, and the iterator
+        then raises `demo.errors.Cancelled`. Concurrent calls share the engine's forward passes."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: type a question or instruction")
         generation = (generation or self.generation_defaults).check()
@@ -300,9 +313,11 @@ class ImageBindLLMPipeline:
             logger.info("dropped %d oldest turns to fit the context", dropped)
         room = self.model.context_length - len(ids)
         config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
-        state = state if state is not None else GenerationState()
-        condition = partial(self.model.injection.active, conditioning.terms)
-        yield from stream_tokens(self.model.llm, self.model.tokenizer, ids, config, state, STOP_STRINGS, condition)
+        stream = self.engine.submit(Request(ids, conditioning.terms, config, STOP_STRINGS, cancel), state)
+        try:
+            yield from stream
+        finally:
+            stream.cancel()  # a no-op once finished; frees the row when the consumer stopped early
 
     def __call__(
         self,
@@ -313,11 +328,13 @@ class ImageBindLLMPipeline:
         input_text: str | None = None,
         generation: GenerationConfig | None = None,
         cache=None,
+        cancel: CancelToken | None = None,
     ) -> PipelineOutput:
         """Encode, then generate the whole answer."""
         conditioning = self.encode(inputs, cache)
         state = GenerationState()
-        text = "".join(self.stream(question, conditioning, history=history, input_text=input_text, generation=generation, state=state))
+        stream = self.stream(question, conditioning, history=history, input_text=input_text, generation=generation, state=state, cancel=cancel)
+        text = "".join(stream)
         return PipelineOutput(text, conditioning, state.finish_reason)
 
     def save_embeddings(self, inputs: Sequence[InputItem], path: str | os.PathLike) -> Path:

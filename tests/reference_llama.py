@@ -82,3 +82,57 @@ def forward(base: dict, adapter: dict, n_heads: int, tokens: torch.Tensor, embed
         i += 1
     x = rms_norm(x, adapter["llama.norm.weight"], eps)
     return x @ base["output.weight"].T
+
+
+def rotary_half_split(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary in the Hugging Face layout: pairs are (i, i + hd/2), not interleaved. x: (B, T, H, hd)."""
+    b, t, h, hd = x.shape
+    freqs = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)  # (hd/2,)
+    angles = torch.outer(torch.arange(t, dtype=torch.float64), freqs)  # (T, hd/2)
+    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def forward_hf_gqa(
+    state: dict, n_heads: int, n_kv_heads: int, tokens: torch.Tensor, injection: dict | None, eps: float = 1e-5
+) -> torch.Tensor:
+    """A Hugging Face-layout Llama state dict (biases on q/k/v/o optional) with grouped-query
+    attention (n_kv_heads < n_heads), plus the gated injection given by the converted-layout
+    tensors `injection` = {bound (B, D), prefix_query (L, D), gates (L, heads), lora_v_a (L, r, D),
+    lora_v_b (L, kv_dim, r)} -> logits (B, T, V), float64. Written from the math, with the K/V
+    heads shared by groups of n_heads / n_kv_heads consecutive query heads."""
+    s = {k: v.double() for k, v in state.items()}
+    x = s["model.embed_tokens.weight"][tokens]  # (B, T, D)
+    b, t, d = x.shape
+    hd = d // n_heads
+    group = n_heads // n_kv_heads
+    mask = torch.full((t, t), float("-inf"), dtype=torch.float64).triu(1)
+    i = 0
+    while f"model.layers.{i}.self_attn.q_proj.weight" in s:
+        p = f"model.layers.{i}."
+
+        def lin(inp, name):
+            y = inp @ s[p + name + ".weight"].T
+            return y + s[p + name + ".bias"] if p + name + ".bias" in s else y
+
+        h = rms_norm(x, s[p + "input_layernorm.weight"], eps)
+        q = rotary_half_split(lin(h, "self_attn.q_proj").view(b, t, n_heads, hd))
+        k = rotary_half_split(lin(h, "self_attn.k_proj").view(b, t, n_kv_heads, hd))
+        v = lin(h, "self_attn.v_proj").view(b, t, n_kv_heads, hd)
+        out = torch.empty(b, n_heads, t, hd, dtype=torch.float64)
+        for head in range(n_heads):  # one query head at a time, reading its group's K/V head
+            kv = head // group
+            qh, kh, vh = q[:, :, head], k[:, :, kv], v[:, :, kv]  # (B, T, hd)
+            out[:, head] = torch.softmax(qh @ kh.transpose(-1, -2) / hd**0.5 + mask, dim=-1) @ vh
+            if injection is not None:
+                a = injection["bound"].double() + injection["prefix_query"][i].double()  # (B, D)
+                w_base = s[p + "self_attn.v_proj.weight"] - injection["lora_v_b"][i].double() @ injection["lora_v_a"][i].double()
+                av = (a @ w_base.T).view(b, n_kv_heads, hd)[:, kv]  # (B, hd), no bias
+                out[:, head] += torch.tanh(injection["gates"][i, head].double()) * av[:, None, :]
+        x = x + lin(out.transpose(1, 2).reshape(b, t, d), "self_attn.o_proj")
+        h = rms_norm(x, s[p + "post_attention_layernorm.weight"], eps)
+        x = x + lin(F.silu(lin(h, "mlp.gate_proj")) * lin(h, "mlp.up_proj"), "mlp.down_proj")
+        i += 1
+    x = rms_norm(x, s["model.norm.weight"], eps)
+    return x @ s["lm_head.weight"].T

@@ -36,8 +36,8 @@ def test_streamed_deltas_concatenate_to_the_answer(tiny_release, tiny_model, emb
     terms = tiny_model.conditioning_terms(torch.randn(1, tiny_model.bind.proj.in_features, generator=generator))
     for seed in range(4):
         state = GenerationState()
-        with tiny_model.injection.active(terms):
-            deltas = list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed), state, STOP_STRINGS))
+        config = GenerationConfig(max_new_tokens=40, temperature=1.0, seed=seed)
+        deltas = list(stream_tokens(tiny_model.llm, tiny_model.tokenizer, ids, config, state, STOP_STRINGS, terms=terms))
         assert "".join(deltas) == state.text
         full = sp.decode(state.token_ids).lstrip()
         cut = min((i for i in (full.find(s) for s in STOP_STRINGS) if i >= 0), default=len(full))

@@ -147,8 +147,7 @@ def test_trained_adapter_round_trips_through_convert(release, samples, feature_d
     model.eval()
     with torch.no_grad():
         expected = model(ids, mask, embeddings).logits
-        with loaded.injection.active(loaded.conditioning_terms(embeddings)):
-            got = loaded.llm(input_ids=ids, attention_mask=mask).logits
+        got = loaded.llm(input_ids=ids, attention_mask=mask, injection_terms=loaded.conditioning_terms(embeddings)).logits
         plain = loaded.llm(input_ids=ids, attention_mask=mask).logits
     valid = mask.bool()
     assert (got - expected)[valid].abs().max() < 1e-4
@@ -343,3 +342,31 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert all(command in out for command in ("features", "stage1", "stage2", "export"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared injection (demo/injection.py) gives the numbers training gave before it was shared
+# ---------------------------------------------------------------------------------------------
+# Per-step losses recorded with the training-only injection (a per-model o_proj pre-hook) that
+# preceded the shared one, on this file's tiny caption set: stage 1 from a fresh adapter, and
+# stage 2 from the release's tiny adapter (non-zero gates, so the injection acts from step 1 and
+# o's LoRA sees it).
+RECORDED_LOSSES = {
+    "stage1": [6.258162021636963, 6.272826671600342, 6.2523651123046875, 6.218956470489502, 6.279641151428223],
+    "stage2": [6.242729663848877, 6.049774169921875, 6.0122389793396, 5.883491039276123, 5.72015380859375],
+}
+
+
+def _loss_curve(release, samples, feature_dir, out, stage):
+    model = _model(release)
+    if stage == "stage2":
+        model.load_official(load_adapter_checkpoint(release.adapter))
+    config = TrainConfig(stage, batch_size=2, grad_accum=1, max_steps=5, lr=5e-3, warmup_steps=1, progress=False)
+    train(model, samples, FeatureStore(feature_dir), config, out)
+    return [e["loss"] for e in _log(out)]
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_shared_injection_keeps_the_recorded_loss_curve(release, samples, feature_dir, tmp_path, stage):
+    losses = _loss_curve(release, samples, feature_dir, tmp_path, stage)
+    assert losses == pytest.approx(RECORDED_LOSSES[stage], rel=1e-5, abs=1e-6)

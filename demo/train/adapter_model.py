@@ -9,9 +9,10 @@ be written in the release's `7B.pth` layout. Here:
   * each of the 7 projections of a layer is a `LoRAProjection`: y = W x + B (A x) + b with W the
     frozen base weight (reference section 4: LoRA rank 16, scale 1; biases on q, o, w1, w2, w3);
   * RMSNorm weights of every layer and the final norm are trainable;
-  * bind network, prefix_query and the per-head gates make the injection of reference section 3:
-    added to the attention output before o_proj (so o's LoRA sees it), W_v the BASE value
-    weight (no LoRA, no bias), tanh(gate) per head, the same term for every position.
+  * bind network, prefix_query and the per-head gates make the injection of reference section 3,
+    through the same code as inference (`demo.injection`: `gated_term` and the attention wrapper
+    that adds the terms before o_proj, so o's LoRA sees them), W_v the BASE value weight (no
+    LoRA, no bias), tanh(gate) per head, the same term for every position.
 
 Every trainable tensor is held in the official layout and dtype fp32, under a table keyed by its
 official `7B.pth` name: export and resume are plain copies, bit for bit. The only layout change
@@ -40,6 +41,7 @@ from ..convert import (
     rotary_permute,
 )
 from ..errors import WeightsError
+from ..injection import TERMS_KWARG, gated_term, use_gated_attention
 
 LORA_RANK = 16
 BIND_BLOCKS = 3
@@ -107,9 +109,8 @@ class AdapterModel(nn.Module):
                 self.official[prefix + lora + "_l2.weight"] = projection.lora_b
                 if bias_key:
                     self.official[prefix + bias_key] = projection.bias
-            layer.self_attn.o_proj.register_forward_pre_hook(self._inject_hook(i))
         check_adapter_keys(dict(self.official), n_layers)  # the table covers exactly the release's keys
-        self._terms: torch.Tensor | None = None  # (B, L, D) during a forward pass
+        use_gated_attention(llm)  # the forward takes injection_terms=(B, L, D)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -191,33 +192,20 @@ class AdapterModel(nn.Module):
     def injection_terms(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, E) ImageBind embeddings -> (B, L, D) terms added before each o_proj."""
         bound = self.bind(embeddings.to(self.prefix_query.device, torch.float32))  # (B, D)
-        batch, dim = bound.shape
         terms = []
         for i, layer in enumerate(self.llm.model.layers):
             a = bound + self.prefix_query[i]  # (B, D): a_l = F + prefix_query[l]
-            v = F.linear(a, layer.self_attn.v_proj.weight.to(a.dtype))  # (B, D): base W_v only
-            gate = torch.tanh(self.gates[i].float()).view(1, self.num_heads, 1)  # (1, heads, 1)
-            terms.append((gate * v.view(batch, self.num_heads, -1)).reshape(batch, dim))  # per-head gate
+            v = F.linear(a, layer.self_attn.v_proj.weight.to(a.dtype))  # (B, kv_dim): base W_v only
+            terms.append(gated_term(v, self.gates[i].float().view(-1), layer.self_attn.head_dim))  # (B, D)
         return torch.stack(terms, dim=1)  # (B, L, D)
-
-    def _inject_hook(self, index: int):
-        def add_term(module: nn.Module, args: tuple) -> tuple:
-            hidden = args[0]  # (B, T, D) attention output, heads flattened head-major
-            term = self._terms[:, index, None, :].to(hidden.dtype)  # (B, 1, D): every position
-            return (hidden + term, *args[1:])
-
-        return add_term
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor | None = None
     ):
         """input_ids (B, T), embeddings (B, E) -> transformers CausalLMOutput (loss over labels
         != -100, mean over those tokens, when labels are given)."""
-        self._terms = self.injection_terms(embeddings)
-        try:
-            return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
-        finally:
-            self._terms = None
+        terms = self.injection_terms(embeddings)  # (B, L, D)
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False, **{TERMS_KWARG: terms})
 
 
 def _official_bind_key(ours: str) -> str:

@@ -1,0 +1,154 @@
+"""The engine: requests batched together give exactly what each gives alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from demo.cancel import CancelToken
+from demo.config import GenerationConfig
+from demo.engine import Engine, Request
+from demo.errors import Cancelled
+from demo.generation import GenerationState, stream_tokens
+from demo.prompt import STOP_STRINGS, format_prompt
+
+
+class NoEos:
+    """The tokenizer with an EOS id no token has: random weights decode exactly max_new_tokens."""
+
+    eos_token_id = -1
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def _request(model, question: str, seed: int, tokens: int, temperature: float = 0.0) -> Request:
+    ids = [1] + model.tokenizer.encode(format_prompt(question), add_special_tokens=False)
+    terms = model.conditioning_terms(torch.randn(1, model.bind.proj.in_features, generator=torch.Generator().manual_seed(seed)))
+    return Request(ids, terms, GenerationConfig(max_new_tokens=tokens, temperature=temperature, top_p=0.9, seed=seed))
+
+
+def _alone(model, tokenizer, request: Request) -> GenerationState:
+    state = GenerationState()
+    list(stream_tokens(model.llm, tokenizer, request.prompt_ids, request.generation, state, request.stop_strings, request.terms))
+    return state
+
+
+def _wait(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_rows_joining_and_cancelled_mid_batch_leave_the_others_unchanged(tiny_model):
+    tokenizer = NoEos(tiny_model.tokenizer)
+    engine = Engine(tiny_model.llm, tokenizer, max_batch=4)
+    long_sampled = _request(tiny_model, "Describe the sound in many words.", seed=1, tokens=120, temperature=0.9)
+    to_cancel = _request(tiny_model, "Hi", seed=2, tokens=120)
+    joiner = _request(tiny_model, "What is in this picture? Tell me everything you see.", seed=3, tokens=40)
+    token = CancelToken()
+    to_cancel.cancel = token
+    first, second = engine.submit(long_sampled), engine.submit(to_cancel)
+    _wait(lambda: engine.steps >= 3)
+    third = engine.submit(joiner)  # joins while the others run, with a longer prompt
+    _wait(lambda: len(third.state.token_ids) >= 3)
+    token.cancel()
+    cancelled_at = len(second.state.token_ids)
+    texts = ["".join(first), "".join(third)]
+    with pytest.raises(Cancelled):
+        list(second)
+    engine.close()
+
+    assert cancelled_at < 110 and second.state.finish_reason == "cancelled"  # really mid-batch
+    for stream, request, text in ((first, long_sampled, texts[0]), (third, joiner, texts[1])):
+        alone = _alone(tiny_model, tokenizer, request)
+        assert stream.state.token_ids == alone.token_ids
+        assert text == stream.state.text == alone.text and stream.state.finish_reason == "length"
+    alone = _alone(tiny_model, tokenizer, to_cancel)
+    assert second.state.token_ids == alone.token_ids[: len(second.state.token_ids)]
+    assert engine.running == 0
+
+
+def test_batched_rows_with_different_lengths_match_alone_and_stop_strings(tiny_model):
+    """Eight requests at once (more than the batch holds), sampled and greedy, eos and stop
+    strings as the model emits them."""
+    engine = Engine(tiny_model.llm, tiny_model.tokenizer, max_batch=3)
+    questions = ["Hi", "Describe the sound.", "What is this?", "Tell me a story about a cat and a dog."]
+    requests = [_request(tiny_model, questions[i % 4], seed=i, tokens=24, temperature=0.8 * (i % 2)) for i in range(8)]
+    for request in requests:
+        request.stop_strings = STOP_STRINGS
+    streams = [engine.submit(request) for request in requests]
+    texts = ["".join(stream) for stream in streams]
+    engine.close()
+    for stream, request, text in zip(streams, requests, texts):
+        alone = _alone(tiny_model, tiny_model.tokenizer, request)
+        assert (stream.state.token_ids, stream.state.finish_reason, text) == (alone.token_ids, alone.finish_reason, alone.text)
+
+
+def test_compiled_static_path_gives_eager_tokens_without_recompiling(tiny_model):
+    """compile="aot_eager": the static cache and the torch.compile'd step (dynamo graph capture)
+    without inductor's C++ build, which takes minutes on a CPU (benchmarks/bench_engine.py runs
+    inductor). One graph for every request, whatever its prompt length, conditioning or slot."""
+    from torch._dynamo.utils import counters
+
+    tokenizer = NoEos(tiny_model.tokenizer)
+    engine = Engine(tiny_model.llm, tokenizer, max_batch=2, compile="aot_eager", max_length=96)
+    requests = [
+        _request(tiny_model, "Hi", seed=0, tokens=30),
+        _request(tiny_model, "Describe the sound.", seed=1, tokens=20),
+        _request(tiny_model, "What is in this picture?", seed=2, tokens=25, temperature=0.8),
+    ]
+    list(engine.submit(requests[0]))  # warm-up: the one compilation
+    graphs = counters["stats"]["unique_graphs"]
+    streams = [engine.submit(request) for request in requests]  # 3 requests on 2 slots: join, leave, compact
+    for stream in streams:
+        list(stream)
+    engine.close()
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation per request
+    for stream, request in zip(streams, requests):
+        assert stream.state.token_ids == _alone(tiny_model, tokenizer, request).token_ids
+
+
+def test_pipeline_streams_from_two_threads_at_once(tiny_pipeline):
+    from demo.pipeline import InputItem
+
+    pipe = tiny_pipeline
+    config = GenerationConfig(max_new_tokens=24, temperature=0.7, seed=5)
+    conds = [pipe.encode([InputItem("embedding", torch.randn(pipe.embed_dim, generator=torch.Generator().manual_seed(i)))]) for i in range(2)]
+    questions = ["What is this?", "Describe it in detail, please."]
+    expected = ["".join(pipe.stream(q, c, generation=config)) for q, c in zip(questions, conds)]
+    barrier, results = threading.Barrier(2), [None, None]
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = "".join(pipe.stream(questions[i], conds[i], generation=config))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == expected
+    assert expected[0] != expected[1]
+
+
+def test_a_consumer_that_stops_early_frees_its_row(tiny_pipeline):
+    pipe = tiny_pipeline
+    engine = Engine(pipe.model.llm, NoEos(pipe.model.tokenizer), max_batch=2)
+    cond = pipe.encode()
+    request = Request(pipe.prompt_ids("Hi")[0], cond.terms, GenerationConfig(max_new_tokens=400, temperature=0))
+    stream = engine.submit(request)
+    _wait(lambda: engine.running == 1)
+    stream.cancel()
+    _wait(lambda: engine.running == 0)
+    with pytest.raises(Cancelled):
+        list(stream)
+    assert len(stream.state.token_ids) < 400
+    engine.close()
