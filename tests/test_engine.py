@@ -27,6 +27,9 @@ class NoEos:
     def __getattr__(self, name):
         return getattr(self._tokenizer, name)
 
+    def __len__(self):  # dunder methods bypass __getattr__
+        return len(self._tokenizer)
+
 
 def _request(model, question: str, seed: int, tokens: int, temperature: float = 0.0) -> Request:
     ids = [1] + model.tokenizer.encode(format_prompt(question), add_special_tokens=False)
