@@ -65,6 +65,8 @@ def stream_duration(
         container.seek(0)
         if frames:
             return float(frames / rate)
+    elif container.duration is not None:  # no rate to count with: the container's, as a last resort
+        return container.duration / 1_000_000  # AV_TIME_BASE is microseconds
     raise InputError(f"{name}: video has no duration in its metadata")
 
 
