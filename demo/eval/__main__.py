@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data", type=Path, required=True, help="JSONL of {id, modality, file, captions} (docs/evaluation.md)")
     c.add_argument("--question", help="prompt for every sample (default: 'Describe this <image/sound/...> in one sentence.')")
     p = commands.add_parser("pocket", parents=[common], help="the pocket world's table (per modality, cache off/on, arithmetic)")
-    p.add_argument("--world", type=Path, help="world folder; generated (about 1 min) when missing (default: the build's)")
+    p.add_argument("--world", type=Path, help="world folder; generated when missing (about 1 min on 2 idle cores) (default: the build's)")
     p.add_argument("--modalities", nargs="+", choices=pocket.MODALITIES, default=list(pocket.MODALITIES))
     p.add_argument("--mix-pairs", type=int, default=48, help="arithmetic mixes, 0 for none (default: %(default)s)")
     return parser
