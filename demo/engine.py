@@ -40,7 +40,7 @@ import torch
 from .cancel import CancelToken
 from .config import GenerationConfig
 from .detokenizer import Detokenizer
-from .errors import Cancelled
+from .errors import BusyError, Cancelled
 from .generation import GenerationState, request_generator, sample_next
 from .injection import TERMS_KWARG
 
@@ -117,8 +117,12 @@ class _Row:
 class Engine:
     """Owns the LLM; decodes submitted requests together. Thread-safe `submit`."""
 
-    def __init__(self, llm, tokenizer, *, max_batch: int = 8, compile: bool | str = False, max_length: int | None = None):
-        """max_batch: rows decoded together (the server's concurrency). compile: False (eager),
+    def __init__(
+        self, llm, tokenizer, *, max_batch: int = 8, compile: bool | str = False, max_length: int | None = None,
+        max_waiting: int | None = None,
+    ):
+        """max_batch: rows decoded together (the server's concurrency). max_waiting: requests
+        queued beyond those (None: no limit); `submit` raises BusyError past it. compile: False (eager),
         True (torch.compile with inductor; CUDA graphs on a GPU) or a torch.compile backend name
         (e.g. "aot_eager": the same static path, quick to compile, for tests). max_length: cache
         columns (default: the model's context)."""
@@ -129,6 +133,7 @@ class Engine:
         self.max_batch = int(max_batch)
         self.compile = compile
         self.max_length = int(max_length or llm.config.max_position_embeddings)  # cache columns
+        self.max_waiting = max_waiting
         self.device = llm.model.embed_tokens.weight.device
         self.dtype = llm.model.embed_tokens.weight.dtype
         cfg = llm.config
@@ -156,6 +161,8 @@ class Engine:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
+            if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+                raise BusyError(f"the server is busy ({self.max_batch} requests running, {len(self._waiting)} waiting): retry in a moment")
             self._waiting.append(stream)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="imagebind-llm-engine", daemon=True)

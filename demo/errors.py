@@ -32,3 +32,7 @@ class PromptTooLongError(InputError):
 
 class Cancelled(DemoError):
     """The request was cancelled (Stop pressed, tab closed, client gone) before it finished."""
+
+
+class BusyError(DemoError, RuntimeError):
+    """The server is at capacity (the engine's waiting queue is full); retry later (HTTP 503)."""

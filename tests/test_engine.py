@@ -102,7 +102,7 @@ def test_compiled_static_path_gives_eager_tokens_without_recompiling(tiny_model)
     from torch._dynamo.utils import counters
 
     tokenizer = NoEos(tiny_model.tokenizer)
-    engine = Engine(tiny_model.llm, tokenizer, max_batch=2, compile="aot_eager", max_length=96)
+    engine = Engine(tiny_model.llm, tokenizer, max_batch=2, compile="aot_eager", max_length=80)
     requests = [
         _request(tiny_model, "Hi", seed=0, tokens=30),
         _request(tiny_model, "Describe the sound.", seed=1, tokens=20),
@@ -154,4 +154,19 @@ def test_a_consumer_that_stops_early_frees_its_row(tiny_pipeline):
     with pytest.raises(Cancelled):
         list(stream)
     assert len(stream.state.token_ids) < 400
+    engine.close()
+
+
+def test_a_full_queue_refuses_with_busy_error(tiny_model):
+    from demo.errors import BusyError
+
+    engine = Engine(tiny_model.llm, NoEos(tiny_model.tokenizer), max_batch=1, max_waiting=1)
+    first = engine.submit(_request(tiny_model, "Hi", seed=0, tokens=300))
+    _wait(lambda: engine.running == 1)
+    second = engine.submit(_request(tiny_model, "Hi", seed=1, tokens=2))  # waits for the row
+    with pytest.raises(BusyError, match="busy"):
+        engine.submit(_request(tiny_model, "Hi", seed=2, tokens=2))
+    first.cancel()
+    list(second)
+    assert second.state.finish_reason == "length" and len(second.state.token_ids) == 2
     engine.close()
