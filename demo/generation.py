@@ -31,7 +31,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     """(V,) logits -> one token id. Nucleus sampling as in the release; greedy at temperature 0."""
     if temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (V,)
+    # Shift by the max first: a tiny temperature (1e-45) then sends the others to -inf, not NaN.
+    logits = logits.float()
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)  # (V,)
     sorted_probs, order = torch.sort(probs, descending=True)
     # Drop tokens once the mass BEFORE them already exceeds top_p (the top token always stays).
     outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > top_p

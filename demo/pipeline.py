@@ -331,7 +331,7 @@ class ImageBindLLMPipeline:
         cancel: CancelToken | None = None,
     ) -> PipelineOutput:
         """Encode, then generate the whole answer."""
-        conditioning = self.encode(inputs, cache)
+        conditioning = self.encode(inputs, cache, cancel=cancel)
         state = GenerationState()
         stream = self.stream(question, conditioning, history=history, input_text=input_text, generation=generation, state=state, cancel=cancel)
         text = "".join(stream)

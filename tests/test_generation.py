@@ -109,3 +109,11 @@ def test_chinese_answer_cut_at_the_token_limit_streams_as_sentencepiece_decodes(
     cut_short = GenerationState()
     list(stream_tokens(llm, tiny_model.tokenizer, [1] + prompt, GenerationConfig(max_new_tokens=len(answer) - 1, temperature=0), cut_short))
     assert cut_short.text == "cat中文\ufffd\ufffd"
+
+
+def test_a_tiny_temperature_samples_the_top_token_not_nan():
+    from demo.generation import sample_next
+
+    logits = torch.tensor([1.0, 3.0, 2.0, 3.0 - 1e-3])
+    for temperature in (1e-45, 1e-30, 1e-8):
+        assert sample_next(logits, temperature, 0.75, torch.Generator().manual_seed(0)) == 1
