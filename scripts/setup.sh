@@ -11,12 +11,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-eval.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing requirements.txt (first run: a few minutes, about 7 GB)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     # pip, not uv/poetry: pip finds the local torch wheels; the others download GBs of CUDA.
     .venv/bin/python -m pip install --quiet -r requirements.txt
+    # lmms-eval's own pins would downgrade PyAV and protobuf: its plugin interface needs none of them.
+    .venv/bin/python -m pip install --quiet --no-deps -r requirements-eval.txt
     echo "$want" > "$stamp"
 fi
 
