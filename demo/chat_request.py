@@ -69,7 +69,7 @@ def infer_modality(name: str, override: str | None = None) -> str:
 # ---------------------------------------------------------------------------------------------
 # Names and messages shown to users: no server paths, no invisible direction controls
 # ---------------------------------------------------------------------------------------------
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\\/\s'\"]+)+[\\/]")  # a directory prefix of a path
+_PATH = re.compile(r"(?:/[^/\s'\"]+)+/")  # the directory part of a server path (POSIX servers)
 
 
 def safe_name(name: str) -> str:
