@@ -124,14 +124,15 @@ def mix_panel(pipe, mix, layout) -> MixPanel:
             with gr.Row(equal_height=True, elem_classes=["mix-row"]):
                 preview(entry)
                 sliders.append(gr.Slider(*WEIGHT_RANGE, step=0.05, value=entry.weight, scale=6, min_width=150,
-                                         label=f"{ICONS[entry.modality]} {entry.name} · {entry.modality}",
+                                         label=f"{ICONS[entry.modality]} {entry.name} · {entry.modality}", interactive=True,
                                          elem_classes=["mix-weight"]))
                 share_boxes.append(gr.Markdown(share, elem_classes=["mix-share"], min_height=0))
                 remove = gr.Button("✕", size="sm", scale=0, min_width=36, elem_classes=["mix-remove"])
             remove.click(lambda m, n, i=entry.id: remove_input(m, n, item_id=i), [mix, layout], [mix, layout], **QUICK)
         for entry, slider in zip(entries, sliders):
             slider.input(lambda m, v, i=entry.id: set_weight(m, v, item_id=i), [mix, slider],
-                         [mix, *share_boxes, slider], trigger_mode="always_last", **QUICK)
+                         [mix, *share_boxes, slider], trigger_mode="always_last", preprocess=False, **QUICK)
+            # preprocess=False: Gradio's own range check would refuse a typed 7 with an error; we clamp it
 
     with gr.Row():
         text = gr.Textbox(placeholder="Or type a text input…", show_label=False, scale=4, elem_id="typed-text",

@@ -63,7 +63,7 @@ def attach(pipe, files: list[str], roles: dict, mix: list[MixInput], mode: str):
 
 def set_weight(mix: list[MixInput], value: float | None, *, item_id: str):
     """A weight moved (drag, arrow keys, typing): clamp it visibly, update the mix and every share."""
-    if value is None:  # a half-typed number such as "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # "-" half-typed, or junk
         return gr.skip(), *[gr.skip()] * len(mix), gr.skip()
     clamped = clamp_weight(value)
     if clamped != value:
@@ -120,7 +120,8 @@ def mix_note(mix: list[MixInput], new: int, seconds: float | None = None) -> dic
     if not mix:
         title, lines = "💬 No inputs: answered from the text alone", ["(no inputs)"]
     else:
-        title = f"🎛️ Mix: {len(mix)} input{'s' * (len(mix) > 1)} ({new} new, {len(mix) - new} kept from earlier turns)"
+        listed = " · ".join(f"{ICONS[e.modality]} {e.name} {share}" for e, share in zip(mix, shares(mix)))
+        title = f"🎛️ Mix ({new} new, {len(mix) - new} kept from earlier turns): {listed}"
         lines = describe_mix(mix, ICONS)
     return {"role": "assistant", "content": "\n\n".join(lines), "metadata": {"title": title, "status": "done"}}
 

@@ -86,7 +86,7 @@ def test_a_turn_shows_its_files_and_the_mix_it_used_then_streams_the_answer(tiny
     assert [p["alt_text"] for p in first_chat[0]["content"][1:]] == ["chelsea.png", "speech.wav"]
     chat, box, mix, layout, cond = updates[-1]
     note = chat[1]
-    assert "2 new, 0 kept" in note["metadata"]["title"]
+    assert "(2 new, 0 kept from earlier turns): 🖼️ chelsea.png +67% · 🔊 speech.wav +33%" in note["metadata"]["title"]
     assert "chelsea.png · image · weight +1.00 · share +67%" in note["content"]
     assert "speech.wav · audio · weight +0.50 · share +33%" in note["content"]
     assert chat[2]["role"] == "assistant" and box["submit_btn"] is True and layout == 1
@@ -188,7 +188,8 @@ def test_weights_are_clamped_visibly_and_every_share_updates():
     assert (share_a, share_b) == ("+67%", "+33%") and slider == gr.skip() and updated[1].weight == 0.5
     updated, share_a, share_b, slider = h.set_weight(mix, 7, item_id=mix[1].id)  # typed 7: the box shows 1
     assert slider == 1.0 and updated[1].weight == 1.0 and share_b == "+50%"
-    assert all(u == gr.skip() for u in h.set_weight(mix, None, item_id=mix[0].id))  # a half-typed "-"
+    for junk in (None, "x", float("nan"), True):  # a half-typed "-", or a hostile client (no preprocessing)
+        assert all(u == gr.skip() for u in h.set_weight(mix, junk, item_id=mix[0].id))
 
 
 def test_typed_text_lives_in_a_temp_file_deleted_with_the_input(tiny_pipeline):
