@@ -39,7 +39,8 @@ def cancel_kwargs(method, token: CancelToken) -> dict:
 def warn(message: str, title: str) -> None:
     """A user's mistake: a toast in plain words and one log line (no traceback)."""
     logger.info("%s: %s", title, message)
-    gr.Warning(message, title=f"{TITLE}: {title}")
+    # Gradio 6.31 shows the toast's type ("Warning") as its heading, so our title leads the text.
+    gr.Warning(f"{title.capitalize()}: {message}", title=f"{TITLE}: {title}")
 
 
 # ------------------------------------------------------------------ the mix
@@ -67,8 +68,8 @@ def set_weight(mix: list[MixInput], value: float | None, *, item_id: str):
         return gr.skip(), *[gr.skip()] * len(mix), gr.skip()
     clamped = clamp_weight(value)
     if clamped != value:
-        gr.Info(f"Weights range from {WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g}: {value:g} was set to {clamped:g}.",
-                title=TITLE)
+        gr.Info(f"Weight clamped: weights range from {WEIGHT_RANGE[0]:g} to {WEIGHT_RANGE[1]:g}, so {value:g} "
+                f"was set to {clamped:g}.", title=TITLE)
     mix = [replace(e, weight=clamped) if e.id == item_id else e for e in mix]
     return mix, *shares(mix), (clamped if clamped != value else gr.skip())
 
@@ -188,8 +189,8 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
             warn(plain_message(exc, [e.item() for e in mix]), "no answer")
         else:
             logger.exception("unexpected error in a chat request")
-            gr.Warning(f"Something went wrong on the server ({type(exc).__name__}); it has been logged. "
-                       "Please try again.", title=f"{TITLE}: no answer")
+            gr.Warning(f"No answer: something went wrong on the server ({type(exc).__name__}); it has been "
+                       "logged. Please try again.", title=f"{TITLE}: no answer")
         restore = idle if retry else gr.update(value={"text": question, "files": []}, submit_btn=True, stop_btn=False)
         yield chat[:start] + turn * retry, restore, mix, layout, cond
 
