@@ -76,7 +76,7 @@ class SettingsPanel:
 
 
 def chat_panel(limit: int) -> ChatPanel:
-    chatbot = gr.Chatbot(label="Chat", height=500, elem_id="chatbot", buttons=["copy", "copy_all"],
+    chatbot = gr.Chatbot(label="Chat", show_label=False, height=500, elem_id="chatbot", buttons=["copy", "copy_all"],
                          placeholder="Drop files in the box below (optional), then ask a question.")
     box = gr.MultimodalTextbox(placeholder="Ask about your inputs…  (Enter sends, Shift+Enter: new line)",
                                show_label=False, file_count="multiple", sources=["upload", "microphone"],
