@@ -124,7 +124,8 @@ def mix_panel(pipe, mix, layout) -> MixPanel:
             with gr.Row(equal_height=True, elem_classes=["mix-row"]):
                 preview(entry)
                 sliders.append(gr.Slider(*WEIGHT_RANGE, step=0.05, value=entry.weight, scale=6, min_width=150,
-                                         label=f"{ICONS[entry.modality]} {entry.name} · {entry.modality}", interactive=True,
+                                         label=f"{ICONS[entry.modality]} {entry.name} · {entry.modality}",
+                                         interactive=True,
                                          elem_classes=["mix-weight"]))
                 share_boxes.append(gr.Markdown(share, elem_classes=["mix-share"], min_height=0))
                 remove = gr.Button("✕", size="sm", scale=0, min_width=36, elem_classes=["mix-remove"])
@@ -143,9 +144,9 @@ def mix_panel(pipe, mix, layout) -> MixPanel:
 
 def settings_panel(pipe, gen: dict, cache: dict) -> SettingsPanel:
     with gr.Accordion("Generation settings", open=False):
+        labels = {"temperature": "Temperature (0 = greedy)", "top_p": "Top-p", "max_new_tokens": "Max new tokens"}
         generation = {name: gr.Slider(*GENERATION_LIMITS[name][:2], step=GENERATION_LIMITS[name][2], value=gen[name],
-                                      label=label) for name, label in (("temperature", "Temperature (0 = greedy)"),
-                                                                       ("top_p", "Top-p"), ("max_new_tokens", "Max new tokens"))}
+                                      label=label) for name, label in labels.items()}
         input_text = gr.Textbox(label="Optional “input” field (context for the instruction)", elem_id="input-text",
                                 max_length=pipe.limits.prompt_max_chars)
     with gr.Accordion("Visual cache", open=False):
@@ -227,8 +228,8 @@ def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: Setti
     for key, button in chat.buttons.items():  # a modality button attaches files read as that modality
         button.upload(lambda files, box, roles, k=key: attach_to_box(files, box, roles, k),
                       [button, chat.box, chat.roles], [chat.box, chat.roles], **QUICK)
-    chat.webcam.input(lambda photo, box, roles: attach_to_box([photo] if photo else [], box, roles, "image"),
-                      [chat.webcam, chat.box, chat.roles], [chat.box, chat.roles], **QUICK)
+    chat.webcam.change(lambda photo, box, roles: attach_to_box([photo] if photo else [], box, roles, "image"),
+                       [chat.webcam, chat.box, chat.roles], [chat.box, chat.roles], **QUICK)
     mixp.add_text.click(lambda *a: add_text(pipe, *a), [mixp.text, mix, layout], [mix, layout, mixp.text], **QUICK)
     mixp.clear.click(clear_inputs, [mix, layout], [mix, layout], **QUICK)
     gr.on([c.change for c in settings.generation.values()], lambda **v: {**v, "max_new_tokens": int(v["max_new_tokens"])},
@@ -253,10 +254,12 @@ def wire_api(pipe, defaults: GenerationConfig, limit: int) -> None:
         Parameters:
             question: the question or instruction
             files: the inputs, e.g. [handle_file("cat.png"), handle_file("purr.wav")]; [] for a text-only chat
-            modalities: one per file (image, video, audio, text, point, depth, thermal, imu, embedding), one for all, or None: from the file type
+            modalities: one per file (image, video, audio, text, point, depth, thermal, imu, embedding), one name for
+                all, or None: from the file type
             weights: one per file in [-1, 1] (a negative weight steers away), or None for all 1
             history: earlier turns, oldest first, as [["question", "answer"], ...]
-            settings: optional max_new_tokens, temperature (0 = greedy), top_p, input, cache ({enabled, k, temperature, weight})
+            settings: optional max_new_tokens, temperature (0 = greedy), top_p, input, and cache: {enabled, k,
+                temperature, weight}
         """
         yield from api_chat(pipe, question, files, modalities, weights, history, settings, defaults=defaults)
 

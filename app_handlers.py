@@ -220,7 +220,8 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
     token, request = CancelToken(), None
     try:
         request = ChatRequest.parse(question, files, modalities, weights, history, settings, limits=pipe.limits,
-                                    generation_defaults=defaults or pipe.generation_defaults, cache_defaults=pipe.cache_defaults)
+                                    generation_defaults=defaults or pipe.generation_defaults,
+                                    cache_defaults=pipe.cache_defaults)
         cond = pipe.encode(request.inputs, request.cache, **cancel_kwargs(pipe.encode, token))
         answer = ""
         for delta in pipe.stream(request.question, cond, history=request.history, input_text=request.input_text,

@@ -9,6 +9,7 @@ The web app keeps these per browser session; a later OpenAI-compatible server ca
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -56,6 +57,9 @@ def new_input(path: str | os.PathLike, modality: str | None = None, weight: floa
 
 
 def clamp_weight(value: float) -> float:
+    """A weight brought into the allowed range; a non-number (from a hostile client) is an InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"a weight must be a finite number, got {value!r}")
     low, high = WEIGHT_RANGE
     return min(max(float(value), low), high)
 

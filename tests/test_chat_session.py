@@ -23,6 +23,9 @@ def test_inputs_weights_and_shares(tmp_path):
     assert shares([image, sound]) == ["+67%", "-33%"]
     assert "share -33%" in describe_mix([image, sound])[1]
     assert clamp_weight(7) == 1.0 and clamp_weight(-3) == -1.0
+    for junk in (float("nan"), "x", None):
+        with pytest.raises(InputError):
+            clamp_weight(junk)
     sound.weight = 0
     image.weight = 0
     assert shares([image, sound]) == ["—", "—"]
