@@ -75,9 +75,16 @@ def send_and_wait(page, question: str) -> str:
     """Type a question, press Enter, wait for the answer to finish; return the newest mix note."""
     notes_before = page.locator("#chatbot .message-content, #chatbot [data-testid='bot']").count()
     page.locator("#msg textarea").fill(question)
-    page.locator("#msg textarea").press("Enter")
-    page.wait_for_function("(n) => document.querySelectorAll(\"#chatbot .message-content, #chatbot [data-testid='bot']\")"
-                           ".length > n", arg=notes_before)
+    grown = "(n) => document.querySelectorAll(\"#chatbot .message-content, #chatbot [data-testid='bot']\").length > n"
+    for attempt in range(2):  # on a loaded machine an Enter can beat the box's own state update; the text stays
+        page.locator("#msg textarea").press("Enter")
+        try:
+            page.wait_for_function(grown, arg=notes_before, timeout=15_000)
+            break
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failed_send.png"), full_page=True)
+            if attempt or page.locator("#msg textarea").input_value() != question:
+                raise
     page.wait_for_selector("#msg .submit-button", timeout=60_000)  # Stop turned back into Send
     time.sleep(0.5)
     return page.locator("#chatbot").inner_text()
