@@ -27,7 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls to outsid
 import gradio as gr  # noqa: E402
 
 from app_handlers import (ICONS, KEEP, REPLACE, WORK_DIR, add_text, api_chat, attach_to_box, clear_inputs,  # noqa: E402
-                          export_chat, remove_input, respond, set_weight, stopped, undo)
+                          export_chat, neighbours_rows, remove_input, respond, set_weight, stopped, undo)
 from demo.cache import CACHE_LIMITS  # noqa: E402
 from demo.chat_request import WEIGHT_RANGE  # noqa: E402
 from demo.chat_session import MixInput, delete_owned, shares  # noqa: E402
@@ -73,6 +73,7 @@ class SettingsPanel:
     generation: dict[str, gr.Slider]
     input_text: gr.Textbox
     cache: dict[str, gr.components.Component]
+    neighbours: gr.Dataframe
 
 
 def chat_panel(limit: int) -> ChatPanel:
@@ -157,7 +158,9 @@ def settings_panel(pipe, gen: dict, cache: dict) -> SettingsPanel:
         for name, label in (("k", "Neighbours (k)"), ("temperature", "Softmax temperature"), ("weight", "Cache weight")):
             controls[name] = gr.Slider(*CACHE_LIMITS[name][:2], step=CACHE_LIMITS[name][2], value=cache[name],
                                        label=label, interactive=on)
-    return SettingsPanel(generation, input_text, controls)
+        neighbours = gr.Dataframe(headers=["rank", "id", "similarity", "source"], interactive=False, wrap=True,
+                                  label="What the cache recalled for the last answer", elem_id="neighbours")
+    return SettingsPanel(generation, input_text, controls, neighbours)
 
 
 def available_examples(kind: str, examples_dir: Path = EXAMPLES_DIR) -> list[list]:
@@ -221,6 +224,7 @@ def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: Setti
                     turn_in, turn_out, **model)
     for event in (sent, retried):
         event.then(export_chat, chat.chatbot, chat.export, **QUICK).then(lambda: "", None, chat.roles, **QUICK)
+        event.then(neighbours_rows, cond, settings.neighbours, **QUICK)
     chat.box.stop(stopped, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried], **QUICK)
     chat.chatbot.undo(undo, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried], **QUICK)
     gr.on([chat.clear.click, chat.chatbot.clear], lambda: ([], None), None, [chat.chatbot, chat.export],

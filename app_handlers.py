@@ -210,6 +210,17 @@ def undo(chat: list[dict]):
     return chat[:users[-1]], {"text": message_text(chat[users[-1]]), "files": []}
 
 
+def neighbours_rows(cond: dict | None) -> list[list]:
+    """(rank, id, similarity, source) of what the visual cache recalled for the last answer's mix."""
+    result = getattr((cond or {}).get("cond"), "neighbours", None)
+    if result is None:
+        return []
+    ids, sims = result.ids.tolist()[0], result.similarities.tolist()[0]  # [B, k] -> the first query
+    sources = (result.sources or [[]])[0] or []
+    return [[rank, int(i), round(float(sim), 4), (sources[rank - 1] if rank - 1 < len(sources) else None) or ""]
+            for rank, (i, sim) in enumerate(zip(ids, sims), start=1) if i >= 0]  # -1: fewer than k found
+
+
 def export_chat(chat: list[dict]) -> str | None:
     return str(conversation_markdown(chat, WORK_DIR)) if chat else None
 

@@ -299,3 +299,17 @@ def test_gradio_client_round_trip_streams_an_image_audio_answer(app_url, tmp_pat
         client.predict("q", [handle_file(str(bad))], "image", None, None, FAST, api_name="/chat")
     assert "broken.png" in str(info.value) and "/tmp" not in str(info.value) and "gradio" not in str(info.value)
     assert isinstance(client.predict("q", [], None, None, None, FAST, api_name="/chat"), str)
+
+
+def test_what_the_cache_recalled_is_listed():
+    import numpy as np
+    import torch
+
+    from demo.cache import CacheResult
+    from demo.pipeline import Conditioning
+
+    result = CacheResult(torch.zeros(4), np.array([[7, 3, -1]]), np.array([[0.9, 0.5, np.nan]], dtype=np.float32),
+                         np.zeros((1, 3), dtype=np.float32), [["cone.png", None, None]])
+    cond = {"key": "", "cond": Conditioning(torch.zeros(4), torch.zeros(1, 1, 1), neighbours=result)}
+    assert h.neighbours_rows(cond) == [[1, 7, 0.9, "cone.png"], [2, 3, 0.5, ""]]
+    assert h.neighbours_rows(None) == []
