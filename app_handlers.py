@@ -157,8 +157,8 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
     box = busy if retry else gr.update(value={"text": "", "files": []}, submit_btn=False, stop_btn=True)
     try:
         if not (cond and cond["key"] == mix_key(mix, cache)):
-            task = run_with_progress(encode_dropping_bad_inputs, pipe, [e.item() for e in mix], cache,
-                                     **cancel_kwargs(pipe.encode, token))
+            items = [e.item() for e in mix]
+            task = run_with_progress(encode_dropping_bad_inputs, pipe, items, cache, **cancel_kwargs(pipe.encode, token))
             try:
                 while True:
                     yield chat + [mix_note(mix, len(added), next(task))], box, mix, layout, gr.skip()
@@ -166,10 +166,11 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
                 conditioning, kept, errors = finished.value
             for text in errors:
                 warn(text, "input not used")
-            kept_names = {item.display_name for item in kept}
-            if len(kept) < len(mix):
-                delete_owned([e for e in mix if e.name not in kept_names])
-                mix, layout = [e for e in mix if e.name in kept_names], layout + 1
+            if len(kept) < len(mix):  # the library returns the items it kept (the same objects)
+                kept_ids = {id(item) for item in kept}
+                delete_owned([e for e, item in zip(mix, items) if id(item) not in kept_ids])
+                mix, layout = [e for e, item in zip(mix, items) if id(item) in kept_ids], layout + 1
+                added = [e for e in added if e in mix]
             if conditioning is None:
                 raise InputError("; ".join(errors))
             cond = {"key": mix_key(mix, cache), "cond": conditioning}

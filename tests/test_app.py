@@ -134,6 +134,7 @@ def test_a_bad_file_is_dropped_with_a_message_and_the_turn_answered(tiny_pipelin
     texts = " ".join(str(t.message) for t in toasts)
     assert "evilgnp.png" in texts and str(upload) not in texts and "\u202e" not in texts
     assert [e.name for e in mix] == ["chelsea.png"] and chat[-1]["role"] == "assistant"
+    assert "(1 new, 0 kept from earlier turns): 🖼️ chelsea.png +100%" in chat[-2]["metadata"]["title"]
 
 
 def test_stop_and_closing_the_tab_cancel_the_encoding(tiny_pipeline):
