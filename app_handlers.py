@@ -247,3 +247,7 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
         message = plain_message(exc, request.inputs if request else ())
         logger.info("/chat refused: %s", message)
         raise gr.Error(message, title=f"{TITLE}: request refused") from None
+    except Exception as exc:  # details go to the log only; the client learns the kind of failure
+        logger.exception("unexpected error in a /chat request")
+        raise gr.Error(f"Unexpected server error ({type(exc).__name__}); it has been logged.",
+                       title=f"{TITLE}: no answer") from None

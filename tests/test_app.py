@@ -314,3 +314,11 @@ def test_what_the_cache_recalled_is_listed():
     cond = {"key": "", "cond": Conditioning(torch.zeros(4), torch.zeros(1, 1, 1), neighbours=result)}
     assert h.neighbours_rows(cond) == [[1, 7, 0.9, "cone.png"], [2, 3, 0.5, ""]]
     assert h.neighbours_rows(None) == []
+
+
+def test_api_unexpected_errors_are_logged_and_reported_short(tiny_pipeline, caplog):
+    pipe = RecordingPipeline(tiny_pipeline, fail_with=RuntimeError("CUDA exploded at 0xdeadbeef"))
+    with caplog.at_level(logging.ERROR, logger="ibllm.app"), pytest.raises(gr.Error) as info:
+        list(h.api_chat(pipe, "q", [], None, None, None, FAST))
+    assert "RuntimeError" in info.value.message and "0xdeadbeef" not in info.value.message
+    assert "0xdeadbeef" in caplog.text
