@@ -163,18 +163,21 @@ def settings_panel(pipe, gen: dict, cache: dict) -> SettingsPanel:
     return SettingsPanel(generation, input_text, controls, neighbours)
 
 
-def available_examples(kind: str, examples_dir: Path = EXAMPLES_DIR) -> list[list]:
-    """examples/gallery.json rows ([title, question, [[modality, file, weight], ...]]) whose files exist."""
-    rows = json.loads((EXAMPLES_DIR / "gallery.json").read_text(encoding="utf-8"))[kind]
-    return [row for row in rows if all((examples_dir / file).is_file() for _, file, _ in row[2])]
+def available_examples(examples_dir: Path = EXAMPLES_DIR, kind: str | None = None) -> list[dict]:
+    """examples/gallery.json rows whose files exist: {"kind", "title", "question", "inputs": [(modality,
+    path, weight)]}; `kind` "world" (the pocket model's objects) or "real" (for the released weights)."""
+    table = json.loads((EXAMPLES_DIR / "gallery.json").read_text(encoding="utf-8"))
+    return [{"kind": k, "title": title, "question": question, "inputs": [(m, str(examples_dir / f), w) for m, f, w in files]}
+            for k in ("world", "real") if kind in (None, k) for title, question, files in table[k]
+            if all((examples_dir / f).is_file() for _, f, _ in files)]
 
 
-def examples_block(chat: ChatPanel, rows: list[list], label: str, examples_dir: Path) -> None:
+def examples_block(chat: ChatPanel, rows: list[dict], label: str) -> None:
     """Clicking an example fills the message box with its question and files (Enter sends)."""
     if rows:
-        gr.Examples([[{"text": q, "files": [str(examples_dir / f) for _, f, _ in files]},
-                      json.dumps({Path(f).name: [m, w] for m, f, w in files})] for _, q, files in rows],
-                    inputs=[chat.box, chat.roles], example_labels=[row[0] for row in rows], label=label,
+        gr.Examples([[{"text": row["question"], "files": [path for _, path, _ in row["inputs"]]},
+                      json.dumps({Path(path).name: [m, w] for m, path, w in row["inputs"]})] for row in rows],
+                    inputs=[chat.box, chat.roles], example_labels=[row["title"] for row in rows], label=label,
                     examples_per_page=len(rows))
 
 
@@ -198,11 +201,11 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, ex
             with gr.Column(scale=3, min_width=340):
                 chat = chat_panel(pipe.limits.prompt_max_chars)
                 if world_model or pipe.is_placeholder:
-                    examples_block(chat, available_examples("world", examples_dir), "Pocket-world examples: what the "
-                                   "shipped model knows (coloured cubes, spheres, cones, cylinders)", examples_dir)
+                    examples_block(chat, available_examples(examples_dir, "world"), "Pocket-world examples: what the "
+                                   "shipped model knows (coloured cubes, spheres, cones, cylinders)")
                 if not world_model:
-                    examples_block(chat, available_examples("real", examples_dir),
-                                   "Examples for the real ImageBind-LLM weights", examples_dir)
+                    examples_block(chat, available_examples(examples_dir, "real"),
+                                   "Examples for the real ImageBind-LLM weights")
             with gr.Column(scale=2, min_width=320, elem_id="mix-panel"):
                 mix_controls = mix_panel(pipe, mix, layout)
                 settings = settings_panel(pipe, gen, cache)

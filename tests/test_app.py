@@ -224,10 +224,12 @@ def config_texts(demo) -> str:
 
 
 def test_examples_world_first_and_real_ones_hidden_on_the_pocket_model(tiny_pipeline):
-    real, world = app.available_examples("real"), app.available_examples("world")
-    covered = {m for row in real for m, _, _ in row[2]}
+    real, world = app.available_examples(kind="real"), app.available_examples(kind="world")
+    covered = {m for row in real for m, _, _ in row["inputs"]}
     assert covered == set(MODALITIES), f"no example for {set(MODALITIES) - covered}"
-    assert ("World: text", "What shape is this?", [["text", "world/world-1.txt", 1.0]]) == tuple(world[5])
+    text = next(row for row in world if row["title"] == "World: text")  # world-2.txt was answered wrongly
+    assert text["question"] == "What shape is this?" and text["inputs"] == [("text", str(EXAMPLES / "world/world-1.txt"), 1.0)]
+    assert [row["kind"] for row in app.available_examples()] == ["world"] * len(world) + ["real"] * len(real)
     texts = config_texts(app.build_demo(tiny_pipeline))
     assert texts.index("Pocket-world examples") < texts.index("Examples for the real")
     pocket_texts = config_texts(app.build_demo(tiny_pipeline, world_model=True))
@@ -257,7 +259,12 @@ def test_the_api_page_documents_chat_only_with_real_names_and_values(tiny_pipeli
     assert tiny_pipeline.is_placeholder and "meaningless" in texts
 
 
-def test_command_line_and_startup_log(monkeypatch, capsys, caplog):
+def test_examples_skip_missing_files(tmp_path):
+    (tmp_path / "chelsea.png").write_bytes(IMAGE.read_bytes())
+    assert [row["title"] for row in app.available_examples(tmp_path)] == ["Image: a cat"]
+
+
+def test_command_line(monkeypatch, capsys):
     for name in ("IBLLM_WEIGHTS", "IBLLM_PRESET", "IBLLM_QUANT", "IBLLM_CACHE", "SPACE_ID"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
@@ -322,3 +329,21 @@ def test_api_unexpected_errors_are_logged_and_reported_short(tiny_pipeline, capl
         list(h.api_chat(pipe, "q", [], None, None, None, FAST))
     assert "RuntimeError" in info.value.message and "0xdeadbeef" not in info.value.message
     assert "0xdeadbeef" in caplog.text
+
+
+def test_the_startup_log_names_the_model_served(tiny_pipeline, monkeypatch, caplog):
+    served = {}
+
+    class NoServer:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            served.update(kwargs)
+
+    monkeypatch.setattr(app, "load_pipeline", lambda args: tiny_pipeline)
+    monkeypatch.setattr(app, "build_demo", lambda pipe, **kwargs: served.update(kwargs) or NoServer())
+    with caplog.at_level(logging.INFO, logger="ibllm.app"):
+        app.main(["--weights", "tiny", "--port", "7999"])
+    assert "serving model tiny (random placeholder weights; visual cache off)" in caplog.text
+    assert served["world_model"] is False and served["server_port"] == 7999
