@@ -1,4 +1,4 @@
-"""The web app's handlers called as plain functions, and a gradio_client round trip.
+"""The web app's handlers called as plain functions, the built Blocks, and a gradio_client round trip.
 
 The pipeline is the real offline `tiny` preset (random weights): answers are meaningless, so the
 tests check plumbing (what reaches the library, what reaches the UI), never answer content.
@@ -11,11 +11,12 @@ import threading
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 import pytest
 
 import app
-from demo.errors import DemoError, PromptTooLongError
+import app_handlers as h
+from demo.chat_session import new_input
+from demo.errors import Cancelled, PromptTooLongError
 from demo.modalities import MODALITIES
 
 EXAMPLES = Path(app.__file__).parent / "examples"
@@ -45,217 +46,222 @@ class RecordingPipeline:
             raise
 
 
-def with_answer(chat, text="answer"):
-    return chat + [{"role": "assistant", "content": text}]
+class CancellablePipeline(RecordingPipeline):
+    """encode() takes `cancel=` (as the hardened library does) and waits until it is cancelled."""
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.started, self.token = threading.Event(), None
+
+    def encode(self, inputs=(), cache=None, cancel=None):
+        self.token = cancel
+        self.started.set()
+        for _ in range(500):
+            cancel.check()
+            threading.Event().wait(0.01)
+        return self._pipe.encode(inputs, cache)
 
 
-def encoded(pipe, mix):
-    """The per-session conditioning state as the UI builds it before answering."""
-    return app.ensure_conditioning(pipe, mix, app.default_cache_settings(pipe), None)
+def _is_skip(value) -> bool:
+    return isinstance(value, dict) and value == gr.skip()
 
 
-def next_on_a_new_thread(generator):
-    result = []
-    worker = threading.Thread(target=lambda: result.append(next(generator, None)))
-    worker.start()
-    worker.join()
-    return result[0]
+def send(pipe, text, chat=None, mix=None, files=(), mode=h.KEEP, roles="", generation=FAST, cond=None):
+    """Run one Send to the end; return the last (chat, box, mix, layout, cond) with skips resolved."""
+    state = [list(chat or []), None, list(mix or []), 0, cond]
+    for update in h.respond(pipe, {"text": text, "files": [str(f) for f in files]}, state[0], state[2], 0, cond,
+                            mode, roles, "", generation, {}):
+        state = [old if _is_skip(new) else new for old, new in zip(state, update)]
+    return state
 
 
-def final(generator):
-    last = None
-    for last in generator:
-        pass
-    return last
-
-
-# --------------------------------------------------------------------------- the input mix
-def test_add_remove_reweight_inputs():
-    mix, layout, cleared = app.add_inputs([str(IMAGE), str(AUDIO)], [], 0, modality="image")
-    assert cleared is None and layout == 1
-    assert [(i["modality"], i["name"], i["weight"]) for i in mix] == [("image", "chelsea.png", 1.0), ("image", "speech.wav", 1.0)]
-    mix = app.set_weight(mix, -0.5, item_id=mix[1]["id"])
-    assert mix[1]["weight"] == -0.5 and mix[0]["weight"] == 1.0
-    mix, layout = app.remove_input(mix, layout, item_id=mix[0]["id"])
-    assert [i["name"] for i in mix] == ["speech.wav"] and layout == 2
-    assert app.add_inputs(None, mix, layout, modality="audio") == (mix, layout, None)  # widget cleared
-    assert app.clear_inputs(layout) == ([], 3)
-
-
-def test_input_count_is_bounded():
-    mix = [app.new_item("image", str(IMAGE)) for _ in range(app.MAX_INPUTS - 1)]
-    with pytest.warns(UserWarning, match="At most"):
-        mix, _, _ = app.add_inputs([str(IMAGE)] * 3, mix, 0, modality="image")
-    assert len(mix) == app.MAX_INPUTS
-
-
-def test_typed_text_becomes_a_text_input():
-    mix, layout, box = app.add_typed_text("  a red bicycle  ", [], 0)
-    assert box == "" and layout == 1 and mix[0]["modality"] == "text"
-    assert Path(mix[0]["path"]).read_text() == "a red bicycle"
-    with pytest.raises(gr.Error):
-        app.add_typed_text("   ", [], 0)
-
-
-def test_refresh_shows_the_library_mix_with_normalised_weights(tiny_pipeline):
-    mix = [app.new_item("image", str(IMAGE), 1.0), app.new_item("audio", str(AUDIO), 0.5)]
-    cache = app.default_cache_settings(tiny_pipeline)
-    kept, layout, cond_state, summary, neighbours = app.refresh_conditioning(tiny_pipeline, mix, 4, cache, None)
-    assert kept == mix and layout == 4 and cond_state["cond"] is not None
-    assert "chelsea.png" in summary and "speech.wav" in summary
-    shares = [share for _, _, share in cond_state["cond"].mix]
-    assert shares == pytest.approx([2 / 3, 1 / 3], abs=1e-3)  # the library normalises the weights
-    # Unchanged inputs are not encoded again.
-    again = app.refresh_conditioning(tiny_pipeline, mix, 4, cache, cond_state)
-    assert again[2] is cond_state
-
-
-def test_a_corrupt_upload_is_dropped_with_its_message_and_the_rest_still_works(tiny_pipeline, tmp_path):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"this is not a png")
-    mix = [app.new_item("image", str(IMAGE)), app.new_item("image", str(broken))]
-    cache = app.default_cache_settings(tiny_pipeline)
-    with pytest.warns(UserWarning, match="broken.png"):
-        kept, layout, cond_state, summary, _ = app.refresh_conditioning(tiny_pipeline, mix, 0, cache, None)
-    assert [i["name"] for i in kept] == ["chelsea.png"] and layout == 1  # re-render the slider list
-    assert cond_state["cond"] is not None and "chelsea.png" in summary
-    chat = final(app.stream_answer(tiny_pipeline, [{"role": "user", "content": "hi"}], "", FAST, cond_state))
-    assert chat[-1]["role"] == "assistant"
-
-
-def test_mix_error_that_no_single_input_explains_keeps_the_mix(tiny_pipeline):
-    # Weights cancelling out is a property of the mix; the message is the library's.
-    mix = [app.new_item("image", str(IMAGE), 0.5), app.new_item("image", str(IMAGE), -0.5)]
-    try:
-        tiny_pipeline.encode(app.input_items(mix))
-    except DemoError as exc:
-        expected = str(exc)
-    else:
-        pytest.skip("the library accepts weights that sum to zero")
-    kept, _, cond_state, summary, _ = app.refresh_conditioning(
-        tiny_pipeline, mix, 0, app.default_cache_settings(tiny_pipeline), None)
-    assert kept == mix and cond_state["cond"] is None and expected in summary
-    with pytest.raises(gr.Error, match=expected[:30]):
-        app.ensure_conditioning(tiny_pipeline, mix, app.default_cache_settings(tiny_pipeline), cond_state)
-
-
-# --------------------------------------------------------------------------- chat
-def test_stream_answer_streams_and_passes_history_and_settings(tiny_pipeline):
+# --------------------------------------------------------------------------- a turn
+def test_a_turn_shows_its_files_and_the_mix_it_used_then_streams_the_answer(tiny_pipeline):
     pipe = RecordingPipeline(tiny_pipeline)
-    cond_state = encoded(tiny_pipeline, [app.new_item("image", str(IMAGE))])
-    chat = [{"role": "user", "content": "first?"}, {"role": "assistant", "content": "first answer"}]
-    chat, box = app.add_user_turn("  second?  ", chat)
-    assert box == ""
-    updates = list(app.stream_answer(pipe, chat, "some context", {**FAST, "max_new_tokens": 8}, cond_state))
-    assert updates, "no streamed update"
-    answers = [u[-1]["content"] for u in updates]
-    assert all(u[:-1] == chat for u in updates) and all(u[-1]["role"] == "assistant" for u in updates)
-    assert all(later.startswith(earlier) for earlier, later in zip(answers, answers[1:]) if earlier != "_(empty answer)_")
+    updates = list(h.respond(pipe, {"text": " What is it? ", "files": [str(IMAGE), str(AUDIO)]}, [], [], 0, None,
+                             h.KEEP, '{"speech.wav": ["audio", 0.5]}', "ctx", FAST, {}))
+    first_chat, box = updates[0][0], updates[0][1]
+    assert box["value"] == {"text": "", "files": []} and box["stop_btn"] is True  # accepted: Send became Stop
+    assert first_chat[0]["role"] == "user" and first_chat[0]["content"][0] == "What is it?"
+    assert [p["alt_text"] for p in first_chat[0]["content"][1:]] == ["chelsea.png", "speech.wav"]
+    chat, box, mix, layout, cond = updates[-1]
+    note = chat[1]
+    assert "(2 new, 0 kept from earlier turns): 🖼️ chelsea.png +67% · 🔊 speech.wav +33%" in note["metadata"]["title"]
+    assert "chelsea.png · image · weight +1.00 · share +67%" in note["content"]
+    assert "speech.wav · audio · weight +0.50 · share +33%" in note["content"]
+    assert chat[2]["role"] == "assistant" and box["submit_btn"] is True and layout == 1
+    assert [(e.name, e.weight) for e in mix] == [("chelsea.png", 1.0), ("speech.wav", 0.5)]
     (call,) = pipe.calls
-    assert call["question"] == "second?" and call["history"] == [("first?", "first answer")]
-    assert call["input_text"] == "some context"
-    assert (call["generation"].max_new_tokens, call["generation"].temperature) == (8, 0.0)
+    assert call["question"] == "What is it?" and call["input_text"] == "ctx" and call["history"] == []
+
+    # A follow-up keeps the mix (and reuses its encoding); its note says so; history has turn 1.
+    chat2, _, mix2, _, cond2 = send(pipe, "And now?", chat, mix, cond=cond)
+    assert "0 new, 2 kept" in chat2[4]["metadata"]["title"] and cond2 is cond and mix2 == mix
+    assert pipe.calls[-1]["history"] == [("What is it?", chat[2]["content"])]
+    # "Replace the mix": only the new message's files.
+    chat3, _, mix3, _, _ = send(pipe, "Only this?", chat2, mix2, files=[IMAGE], mode=h.REPLACE, cond=cond2)
+    assert [e.name for e in mix3] == ["chelsea.png"] and "1 new, 0 kept" in chat3[-2]["metadata"]["title"]
 
 
-def test_the_answer_is_the_same_however_gradio_advances_the_stream(tiny_pipeline):
-    # Gradio calls next() on any free worker thread; the answer must not depend on it.
-    cond_state = encoded(tiny_pipeline, [app.new_item("image", str(IMAGE))])
-    chat = [{"role": "user", "content": "hi"}]
-    settings = {**FAST, "max_new_tokens": 24}
-    one_thread = list(app.stream_answer(tiny_pipeline, chat, "", settings, cond_state))[-1]
-    answer, last = app.stream_answer(tiny_pipeline, chat, "", settings, cond_state), None
-    while (update := next_on_a_new_thread(answer)) is not None:
-        last = update
-    assert last == one_thread
+def test_refused_messages_keep_the_conversation_and_the_text(tiny_pipeline):
+    chat = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    for text in ("", "   ", "x" * (tiny_pipeline.limits.prompt_max_chars + 1)):
+        with pytest.warns(UserWarning):
+            updates = list(h.respond(tiny_pipeline, {"text": text, "files": []}, chat, [], 0, None, h.KEEP, "", "",
+                                     FAST, {}))
+        assert len(updates) == 1 and all(u == gr.skip() for u in updates[0])  # nothing stored, nothing changed
+    # A failure after acceptance: the turn is removed and the question goes back into the box.
+    failing = RecordingPipeline(tiny_pipeline, fail_with=PromptTooLongError("the prompt is 9000 tokens"))
+    with pytest.warns(UserWarning, match="9000 tokens"):
+        final_chat, box, *_ = send(failing, "too long?", chat)
+    assert final_chat == chat and box["value"] == {"text": "too long?", "files": []}
 
 
-def test_gradio6_message_parts_are_read_as_text():
-    # What Chatbot.preprocess hands back in Gradio 6: content as a list of parts.
-    chat = [{"role": "user", "content": [{"type": "text", "text": "q1"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "a1"}]},
-            {"role": "user", "content": [{"type": "text", "text": "q2"}]}]
-    assert app.history_pairs(chat[:-1]) == [("q1", "a1")]
-    assert app.message_text(chat[-1]) == "q2"
+def test_settings_from_the_session_are_checked_server_side(tiny_pipeline):
+    with pytest.warns(UserWarning, match="temperature"):
+        updates = list(h.respond(tiny_pipeline, {"text": "hi"}, [], [], 0, None, h.KEEP, "", "",
+                                 {**FAST, "temperature": 5.0}, {}))
+    assert all(u == gr.skip() for u in updates[0])
+
+
+def test_a_bad_file_is_dropped_with_a_message_and_the_turn_answered(tiny_pipeline, tmp_path):
+    upload = tmp_path / "gradio" / "0123abcd"
+    upload.mkdir(parents=True)
+    broken = upload / "evil\u202egnp.png"
+    broken.write_bytes(b"not an image")
+    with pytest.warns(UserWarning) as toasts:
+        chat, _, mix, _, _ = send(tiny_pipeline, "What is it?", files=[IMAGE, broken])
+    texts = " ".join(str(t.message) for t in toasts)
+    assert "evilgnp.png" in texts and str(upload) not in texts and "\u202e" not in texts
+    assert [e.name for e in mix] == ["chelsea.png"] and chat[-1]["role"] == "assistant"
+    assert "(1 new, 0 kept from earlier turns): 🖼️ chelsea.png +100%" in chat[-2]["metadata"]["title"]
+
+
+def test_stop_and_closing_the_tab_cancel_the_encoding(tiny_pipeline):
+    pipe = CancellablePipeline(tiny_pipeline)
+    turn = h.respond(pipe, {"text": "hi", "files": [str(IMAGE)]}, [], [], 0, None, h.KEEP, "", "", FAST, {})
+    next(turn)  # the turn is accepted; encoding starts on a worker thread
+    assert pipe.started.wait(10)
+    turn.close()  # what Gradio does to a cancelled generator
+    assert pipe.token.cancelled
+    with pytest.raises(Cancelled):
+        pipe.token.check()
+    chat, box = h.stopped([{"role": "assistant", "content": "…", "metadata": {"title": "⏳", "status": "pending"}}])
+    assert chat[0]["metadata"]["title"] == "⏹️ Stopped" and box["submit_btn"] is True
 
 
 def test_stop_closes_the_library_stream(tiny_pipeline):
     pipe = RecordingPipeline(tiny_pipeline)
-    cond_state = encoded(tiny_pipeline, [])
-    answer = app.stream_answer(pipe, [{"role": "user", "content": "hi"}], "", {**FAST, "max_new_tokens": 64}, cond_state)
-    next(answer)
-    answer.close()  # what Gradio does to a cancelled generator
+    turn = h.respond(pipe, {"text": "hi"}, [], [], 0, None, h.KEEP, "", "", {**FAST, "max_new_tokens": 64}, {})
+    while not pipe.calls:
+        next(turn)
+    next(turn)
+    turn.close()
     assert pipe.closed
 
 
-def test_library_errors_reach_the_ui_with_their_message(tiny_pipeline):
-    cond_state = encoded(tiny_pipeline, [])
-    chat = [{"role": "user", "content": "hi"}]
-    with pytest.raises(gr.Error, match="temperature"):
-        list(app.stream_answer(tiny_pipeline, chat, "", {**FAST, "temperature": 5.0}, cond_state))
-    too_long = PromptTooLongError("the prompt is 9000 tokens; the model reads at most 512")
-    with pytest.raises(gr.Error, match="9000 tokens"):
-        list(app.stream_answer(RecordingPipeline(tiny_pipeline, fail_with=too_long), chat, "", FAST, cond_state))
-
-
 def test_unexpected_errors_are_logged_and_shown_short(tiny_pipeline, caplog):
-    cond_state = encoded(tiny_pipeline, [])
     pipe = RecordingPipeline(tiny_pipeline, fail_with=RuntimeError("CUDA exploded at 0xdeadbeef"))
-    with caplog.at_level(logging.ERROR, logger="ibllm.app"), pytest.raises(gr.Error) as info:
-        list(app.stream_answer(pipe, [{"role": "user", "content": "hi"}], "", FAST, cond_state))
-    assert "0xdeadbeef" not in info.value.message and "RuntimeError" in info.value.message
+    with caplog.at_level(logging.INFO, logger="ibllm.app"), pytest.warns(UserWarning) as toasts:
+        send(pipe, "hi")
+    assert "0xdeadbeef" not in str(toasts[0].message) and "RuntimeError" in str(toasts[0].message)
     assert "0xdeadbeef" in caplog.text  # the details go to the server log
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ibllm.app"), pytest.warns(UserWarning):
+        send(tiny_pipeline, "")  # a user's mistake: one line, no traceback
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is None
 
 
-def test_regenerate_undo_clear():
-    chat = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-            {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
-    assert app.drop_last_answer(chat) == chat[:3]
-    assert app.undo_last_turn(chat) == (chat[:2], "q2")
-    assert app.undo_last_turn(chat[:3]) == (chat[:2], "q2")  # a question whose answer was stopped
-    assert app.clear_chat() == ([], "")
-    with pytest.raises(gr.Error):
-        app.drop_last_answer([])
-    with pytest.raises(gr.Error):
-        app.add_user_turn("   ", chat)
+def test_regenerate_undo_export(tiny_pipeline):
+    chat, _, mix, _, cond = send(tiny_pipeline, "q1", files=[IMAGE])
+    again = list(h.respond(tiny_pipeline, None, chat, mix, 1, cond, h.KEEP, "", "", FAST, {}, retry=True))[-1][0]
+    assert len(again) == 3 and again[0] == chat[0] and again[2]["role"] == "assistant"
+    assert h.undo(chat) == ([], {"text": "q1", "files": []})
+    text = Path(h.export_chat(chat)).read_text()
+    assert "**You:** q1" in text and "chelsea.png" in text and "share +100%" in text
+    assert h.export_chat([]) is None
 
 
-# --------------------------------------------------------------------------- API handler, examples, 3D, CLI
-def test_api_chat_checks_its_arguments(tiny_pipeline):
-    with pytest.raises(gr.Error, match="one modality and one weight per file"):
-        list(app.api_chat(tiny_pipeline, "q", [str(IMAGE)], ["image", "audio"], None, None, None))
-    with pytest.raises(gr.Error, match="unknown modality"):
-        list(app.api_chat(tiny_pipeline, "q", [str(IMAGE)], "photo", None, None, None))
-    answer = final(app.api_chat(tiny_pipeline, "q", [str(IMAGE), str(AUDIO)], ["image", "audio"], [1, 0.5],
-                                [["q0", "a0"]], {**FAST, "input": "ctx"}))
-    assert isinstance(answer, str)
+# --------------------------------------------------------------------------- the mix panel
+def test_weights_are_clamped_visibly_and_every_share_updates():
+    mix = [new_input(IMAGE), new_input(AUDIO)]
+    updated, share_a, share_b, slider = h.set_weight(mix, 0.5, item_id=mix[1].id)
+    assert (share_a, share_b) == ("+67%", "+33%") and slider == gr.skip() and updated[1].weight == 0.5
+    updated, share_a, share_b, slider = h.set_weight(mix, 7, item_id=mix[1].id)  # typed 7: the box shows 1
+    assert slider == 1.0 and updated[1].weight == 1.0 and share_b == "+50%"
+    for junk in (None, "x", float("nan"), True):  # a half-typed "-", or a hostile client (no preprocessing)
+        assert all(u == gr.skip() for u in h.set_weight(mix, junk, item_id=mix[0].id))
 
 
-def test_examples_cover_every_modality_and_a_mix():
-    rows = app.available_examples(EXAMPLES)
-    covered = {m for row in rows for m, _, _ in row["inputs"]}
+def test_typed_text_lives_in_a_temp_file_deleted_with_the_input(tiny_pipeline):
+    mix, layout, box = h.add_text(tiny_pipeline, "  a red bicycle ", [], 0)
+    path = Path(mix[0].path)
+    assert box == "" and layout == 1 and mix[0].modality == "text" and path.read_text() == "a red bicycle"
+    mix, layout = h.remove_input(mix, layout, item_id=mix[0].id)
+    assert mix == [] and not path.exists()
+    with pytest.warns(UserWarning):
+        assert h.add_text(tiny_pipeline, "  ", [], 0) == (gr.skip(),) * 3
+
+
+def test_inputs_per_session_are_bounded(tiny_pipeline):
+    mix = [new_input(IMAGE) for _ in range(h.MAX_INPUTS)]
+    with pytest.warns(UserWarning, match="at most"):
+        updates = list(h.respond(tiny_pipeline, {"text": "q", "files": [str(AUDIO)]}, [], mix, 0, None, h.KEEP,
+                                 "", "", FAST, {}))
+    assert all(u == gr.skip() for u in updates[0])
+
+
+def test_modality_buttons_attach_files_with_their_modality():
+    box, roles = h.attach_to_box([str(EXAMPLES / "depth.png")], {"text": "hi", "files": [str(IMAGE)]}, "", "depth")
+    assert box == {"text": "hi", "files": [str(IMAGE), str(EXAMPLES / "depth.png")]}
+    assert '"depth.png": ["depth", 1.0]' in roles
+
+
+# --------------------------------------------------------------------------- the page
+def config_texts(demo) -> str:
+    return " ".join(str(c.get("props", {}).get(k, "")) for c in demo.get_config_file()["components"]
+                    for k in ("value", "label", "samples", "example_labels"))
+
+
+def test_examples_world_first_and_real_ones_hidden_on_the_pocket_model(tiny_pipeline):
+    real, world = app.available_examples(kind="real"), app.available_examples(kind="world")
+    covered = {m for row in real for m, _, _ in row["inputs"]}
     assert covered == set(MODALITIES), f"no example for {set(MODALITIES) - covered}"
-    assert any({"image", "audio"} <= {m for m, _, _ in row["inputs"]} for row in rows)
-    mix, layout = app.load_example(rows[0]["title"], 3, examples=rows)
-    assert layout == 4 and all(Path(item["path"]).is_file() for item in mix)
+    text = next(row for row in world if row["title"] == "World: text")  # world-2.txt was answered wrongly
+    assert text["question"] == "What shape is this?" and text["inputs"] == [("text", str(EXAMPLES / "world/world-1.txt"), 1.0)]
+    assert [row["kind"] for row in app.available_examples()] == ["world"] * len(world) + ["real"] * len(real)
+    texts = config_texts(app.build_demo(tiny_pipeline))
+    assert texts.index("Pocket-world examples") < texts.index("Examples for the real")
+    pocket_texts = config_texts(app.build_demo(tiny_pipeline, world_model=True))
+    assert "Pocket-world examples" in pocket_texts and "Examples for the real" not in pocket_texts
+
+
+def test_pocket_model_answers_greedily_by_default(tiny_pipeline):
+    def temperature(demo):
+        return next(c["props"]["value"] for c in demo.get_config_file()["components"]
+                    if c["props"].get("label") == "Temperature (0 = greedy)")
+    assert temperature(app.build_demo(tiny_pipeline, world_model=True)) == 0.0
+    assert temperature(app.build_demo(tiny_pipeline)) == tiny_pipeline.generation_defaults.temperature
+
+
+def test_the_api_page_documents_chat_only_with_real_names_and_values(tiny_pipeline):
+    demo = app.build_demo(tiny_pipeline)
+    assert not demo.analytics_enabled  # off unless GRADIO_ANALYTICS_ENABLED=True
+    info = demo.get_api_info()["named_endpoints"]
+    assert list(info) == ["/chat"]  # helper endpoints hidden
+    chat = info["/chat"]
+    assert chat["description"].startswith("Answer a question about any number of files")
+    names = [p["parameter_name"] for p in chat["parameters"]]
+    assert names == ["question", "files", "modalities", "weights", "history", "settings"]
+    examples = {p["parameter_name"]: p["example_input"] for p in chat["parameters"]}
+    assert examples["weights"] == [1.0, 0.5] and "foo" not in str(examples)
+    texts = config_texts(demo)
+    assert tiny_pipeline.is_placeholder and "meaningless" in texts
 
 
 def test_examples_skip_missing_files(tmp_path):
     (tmp_path / "chelsea.png").write_bytes(IMAGE.read_bytes())
-    titles = [row["title"] for row in app.available_examples(tmp_path)]
-    assert titles == ["Image: a cat"]
-
-
-def test_point_cloud_preview(tmp_path):
-    points = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
-    np.save(tmp_path / "cloud.npy", points)
-    mix = [app.new_item("image", str(IMAGE)), app.new_item("point", str(tmp_path / "cloud.npy"))]
-    preview = Path(app.point_cloud_view(mix))
-    header = preview.read_bytes()[:200]
-    assert preview.suffix == ".ply" and b"element vertex 200" in header
-    assert app.point_cloud_view(mix[:1]) is None
-    assert b"element vertex" in Path(app.point_cloud_preview_file(str(CLOUD))).read_bytes()[:200]
-    (tmp_path / "bad.npy").write_bytes(b"nope")
-    assert app.point_cloud_preview_file(str(tmp_path / "bad.npy")) is None  # best effort, no crash
+    assert [row["title"] for row in app.available_examples(tmp_path)] == ["Image: a cat"]
 
 
 def test_command_line(monkeypatch, capsys):
@@ -263,52 +269,81 @@ def test_command_line(monkeypatch, capsys):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
     assert (args.weights, args.host, args.share, args.concurrency) == (app.default_preset(), "127.0.0.1", False, 1)
-    assert not (args.load_in_8bit or args.load_in_4bit) and args.cache is None
     monkeypatch.setenv("SPACE_ID", "someone/ibllm")
     monkeypatch.setenv("IBLLM_WEIGHTS", "/data/weights")
     monkeypatch.setenv("IBLLM_QUANT", "4bit")
-    monkeypatch.setenv("IBLLM_CACHE", "/data/cache")
     args = app.parse_args([])
-    assert (args.weights, args.host, args.load_in_4bit, args.cache) == ("/data/weights", "0.0.0.0", True, "/data/cache")
-    assert app.parse_args(["--host", "127.0.0.1", "--weights", "tiny"]).host == "127.0.0.1"
+    assert (args.weights, args.host, args.load_in_4bit) == ("/data/weights", "0.0.0.0", True)
     with pytest.raises(SystemExit) as exit_info:
         app.parse_args(["--help"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     for flag in ("--weights", "--load-in-8bit", "--load-in-4bit", "--dtype", "--device", "--host", "--port",
-                 "--cache", "--share", "--concurrency", "--max-queue", "--max-file-size", "IBLLM_QUANT"):
+                 "--cache", "--share", "--concurrency", "--max-queue", "--max-file-size", "GRADIO_ANALYTICS_ENABLED"):
         assert flag in help_text
-
-
-def test_build_demo_shows_the_placeholder_banner_and_names_the_api(tiny_pipeline):
-    demo = app.build_demo(tiny_pipeline)
-    config = demo.get_config_file()
-    texts = " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
-    assert tiny_pipeline.is_placeholder and "answers" in texts and "meaningless" in texts
-    api_names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert "chat" in api_names
+    assert app.is_pocket("pocket") and app.is_pocket(str(app.POCKET_FOLDER)) and not app.is_pocket("tiny")
 
 
 # --------------------------------------------------------------------------- over HTTP
 def test_gradio_client_round_trip_streams_an_image_audio_answer(app_url, tmp_path):
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     client = Client(app_url, verbose=False)
     job = client.submit("What is going on?", [handle_file(str(IMAGE)), handle_file(str(AUDIO))],
                         ["image", "audio"], [1.0, 0.5], [["Hi", "Hello!"]], {**FAST, "max_new_tokens": 8},
                         api_name="/chat")
     streamed = [output for output in job]
-    assert streamed, "no streamed output"
-    answer = job.result()
-    assert isinstance(answer, str) and answer == streamed[-1]
+    assert streamed and job.result() == streamed[-1]
     assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:]))
-
-    # A bad file is this request's error, with the library's message; the next request works.
+    # Malformed arguments and bad files: a message naming the problem; the next request works.
+    with pytest.raises(AppError, match="unknown settings key 'colour'"):
+        client.predict("q", [], None, None, None, {"colour": "red"}, api_name="/chat")
+    with pytest.raises(AppError, match="weights must be a list"):
+        client.predict("q", [handle_file(str(IMAGE))], "image", 0.5, None, FAST, api_name="/chat")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    from gradio_client.exceptions import AppError
-
     with pytest.raises(AppError) as info:
         client.predict("q", [handle_file(str(bad))], "image", None, None, FAST, api_name="/chat")
-    assert "broken.png" in str(info.value)
-    assert isinstance(client.predict("q", [], [], None, None, FAST, api_name="/chat"), str)
+    assert "broken.png" in str(info.value) and "/tmp" not in str(info.value) and "gradio" not in str(info.value)
+    assert isinstance(client.predict("q", [], None, None, None, FAST, api_name="/chat"), str)
+
+
+def test_what_the_cache_recalled_is_listed():
+    import numpy as np
+    import torch
+
+    from demo.cache import CacheResult
+    from demo.pipeline import Conditioning
+
+    result = CacheResult(torch.zeros(4), np.array([[7, 3, -1]]), np.array([[0.9, 0.5, np.nan]], dtype=np.float32),
+                         np.zeros((1, 3), dtype=np.float32), [["cone.png", None, None]])
+    cond = {"key": "", "cond": Conditioning(torch.zeros(4), torch.zeros(1, 1, 1), neighbours=result)}
+    assert h.neighbours_rows(cond) == [[1, 7, 0.9, "cone.png"], [2, 3, 0.5, ""]]
+    assert h.neighbours_rows(None) == []
+
+
+def test_api_unexpected_errors_are_logged_and_reported_short(tiny_pipeline, caplog):
+    pipe = RecordingPipeline(tiny_pipeline, fail_with=RuntimeError("CUDA exploded at 0xdeadbeef"))
+    with caplog.at_level(logging.ERROR, logger="ibllm.app"), pytest.raises(gr.Error) as info:
+        list(h.api_chat(pipe, "q", [], None, None, None, FAST))
+    assert "RuntimeError" in info.value.message and "0xdeadbeef" not in info.value.message
+    assert "0xdeadbeef" in caplog.text
+
+
+def test_the_startup_log_names_the_model_served(tiny_pipeline, monkeypatch, caplog):
+    served = {}
+
+    class NoServer:
+        def queue(self, **kwargs):
+            return self
+
+        def launch(self, **kwargs):
+            served.update(kwargs)
+
+    monkeypatch.setattr(app, "load_pipeline", lambda args: tiny_pipeline)
+    monkeypatch.setattr(app, "build_demo", lambda pipe, **kwargs: served.update(kwargs) or NoServer())
+    with caplog.at_level(logging.INFO, logger="ibllm.app"):
+        app.main(["--weights", "tiny", "--port", "7999"])
+    assert "serving model tiny (random placeholder weights; visual cache off)" in caplog.text
+    assert served["world_model"] is False and served["server_port"] == 7999
