@@ -5,7 +5,6 @@ directly). Everything that is not about Gradio's values and toasts lives in the 
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import tempfile
@@ -29,11 +28,6 @@ ICONS = {"image": "🖼️", "audio": "🔊", "video": "🎬", "point": "🧊", 
          "depth": "🌊", "thermal": "🌡️", "imu": "📈", "embedding": "🧬"}
 KEEP, REPLACE = "Add to the mix", "Replace the mix"  # what a new message's files do to the mix
 TITLE = "ImageBind-LLM"  # toasts carry the app's own titles
-
-
-def cancel_kwargs(method, token: CancelToken) -> dict:
-    """`cancel=token` for library methods that take it (the library gains it method by method)."""
-    return {"cancel": token} if "cancel" in inspect.signature(method).parameters else {}
 
 
 def warn(message: str, title: str) -> None:
@@ -158,7 +152,7 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
     try:
         if not (cond and cond["key"] == mix_key(mix, cache)):
             items = [e.item() for e in mix]
-            task = run_with_progress(encode_dropping_bad_inputs, pipe, items, cache, **cancel_kwargs(pipe.encode, token))
+            task = run_with_progress(encode_dropping_bad_inputs, pipe, items, cache, cancel=token)
             try:
                 while True:
                     yield chat + [mix_note(mix, len(added), next(task))], box, mix, layout, gr.skip()
@@ -178,7 +172,7 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
         yield chat, box, mix, layout, cond
         answer = ""
         for delta in pipe.stream(question, cond["cond"], history=history_pairs(chat[:start]), generation=gen_config,
-                                 input_text=(input_text or "").strip() or None, **cancel_kwargs(pipe.stream, token)):
+                                 input_text=(input_text or "").strip() or None, cancel=token):
             answer += delta
             yield chat + [{"role": "assistant", "content": answer}], box, mix, layout, cond
         yield chat + [{"role": "assistant", "content": answer or "_(empty answer)_"}], idle, mix, layout, cond
@@ -234,10 +228,10 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
         request = ChatRequest.parse(question, files, modalities, weights, history, settings, limits=pipe.limits,
                                     generation_defaults=defaults or pipe.generation_defaults,
                                     cache_defaults=pipe.cache_defaults)
-        cond = pipe.encode(request.inputs, request.cache, **cancel_kwargs(pipe.encode, token))
+        cond = pipe.encode(request.inputs, request.cache, cancel=token)
         answer = ""
         for delta in pipe.stream(request.question, cond, history=request.history, input_text=request.input_text,
-                                 generation=request.generation, **cancel_kwargs(pipe.stream, token)):
+                                 generation=request.generation, cancel=token):
             answer += delta
             yield answer
     except GeneratorExit:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from .cache import CACHE_LIMITS, CacheConfig
 from .config import GENERATION_LIMITS, GenerationConfig
-from .errors import DemoError, InputError
+from .errors import BadInputError, Cancelled, DemoError, InputError
 from .inputs.limits import InputLimits
 from .modalities import MODALITIES
 from .pipeline import InputItem
@@ -218,41 +218,27 @@ class ChatRequest:
 # ---------------------------------------------------------------------------------------------
 # Encoding a mix that may hold broken files; typed text as a file
 # ---------------------------------------------------------------------------------------------
-def encode_dropping_bad_inputs(pipe, items: Sequence[InputItem], cache: CacheConfig | None = None, **encode_kwargs):
-    """Encode the mix; when that fails, drop the inputs that fail on their own and encode the rest.
+def encode_dropping_bad_inputs(pipe, items: Sequence[InputItem], cache: CacheConfig | None = None, *, cancel=None):
+    """Encode the mix; an input the library names as bad (`BadInputError.index`) is dropped with
+    its message and the rest encoded again, so a broken upload never poisons later questions.
 
-    Returns (Conditioning or None, kept items, messages). A broken upload is removed with the
-    library's message (no server path) instead of poisoning every later question; an error no
-    single input explains (e.g. weights that cancel out) keeps the mix and returns its message.
-    `encode_kwargs` go to `pipe.encode` (e.g. `cancel=`); cancellation is never an input error.
+    Returns (Conditioning or None, kept items, messages). An error no single input explains
+    (e.g. weights that cancel out) keeps the mix and returns its message. `Cancelled` propagates.
     """
-    from .errors import Cancelled
-
-    items = list(items)
-    try:
-        return pipe.encode(items, cache, **encode_kwargs), items, []
-    except Cancelled:
-        raise
-    except DemoError as whole_error:
-        bad, messages = set(), []
-        for index, item in enumerate(items):
-            try:
-                pipe.encode([replace(item, weight=1.0)], CacheConfig(enabled=False), **encode_kwargs)
-            except Cancelled:
-                raise
-            except DemoError as item_error:
-                bad.add(index)
-                message = plain_message(item_error, [item])
-                messages.append(message if item.display_name in message else f"{item.display_name}: {message}")
-        if not bad:
-            return None, items, [plain_message(whole_error, items)]
-        kept = [item for index, item in enumerate(items) if index not in bad]
+    kept, messages = list(items), []
+    while True:
         try:
-            return pipe.encode(kept, cache, **encode_kwargs), kept, messages
+            return pipe.encode(kept, cache, cancel=cancel), kept, messages
+        except BadInputError as bad:
+            item = kept.pop(bad.index)
+            message = plain_message(bad, [item])
+            messages.append(message if item.display_name in message else f"{item.display_name}: {message}")
+            if not kept:
+                return None, kept, messages
         except Cancelled:
             raise
-        except DemoError as rest_error:
-            return None, kept, messages + [plain_message(rest_error, kept)]
+        except DemoError as whole_error:
+            return None, kept, messages + [plain_message(whole_error, kept)]
 
 
 def write_text_input(text: str, limits: InputLimits, directory: str | os.PathLike | None = None) -> Path:
