@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import GenerationConfig
-from .detokenizer import Detokenizer, _held_back  # noqa: F401  (_held_back: re-exported for tests/test_generation.py)
+from .detokenizer import Detokenizer
 from .injection import TERMS_KWARG
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from demo.config import GenerationConfig
-from demo.generation import GenerationState, _held_back, sample_next, stream_tokens
+from demo.detokenizer import _held_back
+from demo.generation import GenerationState, sample_next, stream_tokens
 from demo.prompt import STOP_STRINGS, format_prompt
 
 
