@@ -289,7 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="ImageBind-LLM multimodal chat (Gradio web app).",
         epilog="Environment (used when the flag is not given; handy on Hugging Face Spaces): IBLLM_WEIGHTS (path) "
-               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit), IBLLM_CACHE (cache path); "
+               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE (cache path); "
                "GRADIO_ANALYTICS_ENABLED=True allows Gradio's telemetry (off by default). On Spaces (SPACE_ID set) "
                "the app binds 0.0.0.0.")
     model = parser.add_argument_group("model")
@@ -301,6 +301,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quant = model.add_mutually_exclusive_group()
     quant.add_argument("--load-in-8bit", action="store_true", help="8-bit LLaMA weights (bitsandbytes)")
     quant.add_argument("--load-in-4bit", action="store_true", help="4-bit LLaMA weights (bitsandbytes nf4)")
+    quant.add_argument("--int8-weight-only", action="store_true",
+                       help="int8 weight-only LLaMA weights (torchao; compiles with --compile)")
+    model.add_argument("--compile", action="store_true",
+                       help="fast decoding: static KV cache + torch.compile (CUDA graphs on a GPU); compiles for "
+                            "about a minute at start, pays off on a GPU (README, Engine)")
     model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                        help="compute dtype (default: auto, the library's choice for the device)")
     model.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: best available)")
@@ -310,15 +315,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1; 0.0.0.0 on Spaces)")
     serve.add_argument("--port", type=int, default=int(env.get("PORT", 7860)), help="default: $PORT or 7860")
     serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
-    serve.add_argument("--concurrency", type=int, default=1, help="encodes/generations at once, all users (default: 1)")
+    serve.add_argument("--concurrency", type=int, default=4,
+                       help="answers decoded together in one batch, all users (engine rows; inputs are still "
+                            "encoded one request at a time). Default: %(default)s")
     serve.add_argument("--max-queue", type=int, default=32, help="requests that may wait (default: %(default)s)")
     serve.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 50mb (default: %(default)s)")
     args = parser.parse_args(argv)
-    if not (args.load_in_8bit or args.load_in_4bit):
+    if not (args.load_in_8bit or args.load_in_4bit or args.int8_weight_only):
         quant_env = (env.get("IBLLM_QUANT") or "").lower()
-        if quant_env not in ("", "none", "8bit", "4bit"):
-            parser.error(f"IBLLM_QUANT must be 8bit or 4bit, got {quant_env!r}")
+        if quant_env not in ("", "none", "8bit", "4bit", "int8-weight-only"):
+            parser.error(f"IBLLM_QUANT must be 8bit, 4bit or int8-weight-only, got {quant_env!r}")
         args.load_in_8bit, args.load_in_4bit = quant_env == "8bit", quant_env == "4bit"
+        args.int8_weight_only = quant_env == "int8-weight-only"
     args.host = args.host or ("0.0.0.0" if env.get("SPACE_ID") else "127.0.0.1")
     return args
 
@@ -337,7 +345,9 @@ def load_pipeline(args: argparse.Namespace) -> ImageBindLLMPipeline:
         cache = POCKET_FOLDER / "cache.index"  # the pocket world's own visual cache (its training images)
     return ImageBindLLMPipeline.from_pretrained(
         args.weights, device=args.device, dtype=None if args.dtype == "auto" else args.dtype, cache_path=cache,
-        quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit else None)
+        quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit
+        else "int8-weight-only" if args.int8_weight_only else None,
+        concurrency=args.concurrency, compile=args.compile)
 
 
 def launch_style() -> dict:

@@ -4,7 +4,7 @@
     stream = engine.submit(Request(prompt_ids, terms, GenerationConfig(seed=1), STOP_STRINGS))
     for delta in stream:                                              # from any thread
         print(delta, end="")
-    stream.state.finish_reason                                        # "eos", "stop_string", "length"
+    stream.state.finish_reason                                        # "eos", "stop_string", "length", "cancelled"
 
 One background thread owns the model. Between two decoding steps it admits waiting requests
 (each prefilled alone, its first token sampled from the prefill), drops cancelled and finished
@@ -21,7 +21,8 @@ columns no row uses any more are dropped. Two cache layouts follow this scheme:
   * eager (default): transformers' DynamicCache, as wide as the longest row, rows = requests;
   * compile=True: a StaticCache of fixed shape (max_batch rows x context columns) and a
     torch.compile'd decoding step (CUDA graphs on a GPU); idle rows are computed and ignored, so
-    no shape ever changes and nothing recompiles when requests come and go.
+    no shape ever changes and nothing recompiles when requests come and go. One device only (the
+    cache is allocated on the embedding's device; a model split by device_map="auto" runs eager).
 
 Text goes through `demo.detokenizer.Detokenizer` per request. Cancel (`stream.cancel()` or the
 request's CancelToken) frees the row at the next step; the stream then raises `Cancelled`.

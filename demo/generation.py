@@ -24,7 +24,7 @@ class GenerationState:
 
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
-    finish_reason: str = ""  # "eos", "stop_string", "length"
+    finish_reason: str = ""  # "eos", "stop_string", "length"; the engine adds "cancelled"
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
