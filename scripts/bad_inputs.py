@@ -26,6 +26,7 @@ import os
 import struct
 import sys
 import time
+import unicodedata
 import wave
 import zlib
 from collections.abc import Callable, Iterable
@@ -56,6 +57,10 @@ class Case:
         return self.path.name
 
 
+def _shown(name: str) -> str:
+    return "".join(ch for ch in name if unicodedata.category(ch) != "Cf")
+
+
 @dataclass
 class Outcome:
     case: Case
@@ -68,7 +73,8 @@ class Outcome:
         case, found = self.case, []
         if self.kind == "unexpected":
             found.append(f"unexpected failure: {self.message}")
-        elif self.kind == "error" and case.name not in self.message:
+        # The app shows names without invisible format characters (U+202E would reverse the text).
+        elif self.kind == "error" and case.name not in self.message and _shown(case.name) not in self.message:
             found.append(f"error does not name the file: {self.message}")
         if case.expect != "either" and self.kind != case.expect and self.kind != "unexpected":
             found.append(f"expected {case.expect}, got {self.kind}: {self.message[:200]}")

@@ -268,7 +268,7 @@ def test_command_line(monkeypatch, capsys):
     for name in ("IBLLM_WEIGHTS", "IBLLM_PRESET", "IBLLM_QUANT", "IBLLM_CACHE", "SPACE_ID"):
         monkeypatch.delenv(name, raising=False)
     args = app.parse_args([])
-    assert (args.weights, args.host, args.share, args.concurrency) == (app.default_preset(), "127.0.0.1", False, 1)
+    assert (args.weights, args.host, args.share, args.concurrency) == (app.default_preset(), "127.0.0.1", False, 4)
     monkeypatch.setenv("SPACE_ID", "someone/ibllm")
     monkeypatch.setenv("IBLLM_WEIGHTS", "/data/weights")
     monkeypatch.setenv("IBLLM_QUANT", "4bit")
