@@ -127,7 +127,7 @@ class UnCLIPGenerator(ImageGenerator):
         # The download keeps only the fp16 files (half the bytes); load them as such, upcast on the CPU.
         variant = "fp16" if not any(folder.glob("unet/diffusion_pytorch_model.safetensors")) and any(folder.glob("unet/*.fp16.*")) else None
         try:
-            pipeline = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, torch_dtype=dtype, variant=variant, local_files_only=True)
+            pipeline = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, dtype=dtype, variant=variant, local_files_only=True)
         except (OSError, ValueError, EnvironmentError) as exc:
             raise WeightsError(
                 f"cannot load the Stable unCLIP model from {folder}: {exc}. The folder is incomplete "
