@@ -206,3 +206,48 @@ def test_a_generator_of_another_width_is_refused(pipe, tmp_path):
     with pytest.raises(WeightsError, match="16-d"):
         ImageBindLLMPipeline(pipe.model, pipe.encoder, engine=pipe.engine, image_generator=narrow)
     assert ImageSettings(seed=3).with_seed().seed == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# weights.download unclip
+# ---------------------------------------------------------------------------------------------
+def test_unclip_download_takes_the_diffusers_folder_in_fp16_only():
+    from weights import download
+
+    repo = [  # the layout of stabilityai/stable-diffusion-2-1-unclip (weights in several forms)
+        "model_index.json", "sd21-unclip-h.ckpt", "README.md",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+        "unet/diffusion_pytorch_model.bin", "image_normalizer/config.json", "image_normalizer/diffusion_pytorch_model.safetensors",
+        "tokenizer/vocab.json", "tokenizer/merges.txt", "feature_extractor/preprocessor_config.json",
+    ]
+    assert download.resolve(["unclip"]) == ["unclip"]
+    assert download.select_files(download.FILES["unclip"], repo) == [
+        "feature_extractor/preprocessor_config.json", "image_normalizer/config.json",
+        "image_normalizer/diffusion_pytorch_model.safetensors",  # no fp16 copy: the full one
+        "model_index.json", "tokenizer/merges.txt", "tokenizer/vocab.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    # The LLaMA folder keeps its old selection
+    assert download.select_files(download.FILES["llama-7b"], ["config.json", "a.safetensors", "x/b.safetensors", "a.bin"]) == [
+        "a.safetensors", "config.json"]
+
+
+def test_unclip_download_offline_says_what_to_do(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from weights import download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(WeightsError, match="copy it to the --dest folder as stable-diffusion-2-1-unclip"):
+        download.download_hub(download.FILES["unclip"], tmp_path)
+
+
+def test_a_downloaded_fp16_folder_loads_on_the_cpu(unclip_folder, tmp_path):
+    """What `weights.download unclip` leaves (fp16 weights only) loads as float32 on a CPU."""
+    from diffusers import StableUnCLIPImg2ImgPipeline
+
+    folder = tmp_path / "fp16"
+    StableUnCLIPImg2ImgPipeline.from_pretrained(unclip_folder).save_pretrained(folder, variant="fp16")
+    generator = UnCLIPGenerator.from_pretrained(folder, device="cpu")
+    assert generator.pipeline.unet.dtype == torch.float32

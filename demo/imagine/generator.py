@@ -124,8 +124,12 @@ class UnCLIPGenerator(ImageGenerator):
             )
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        # The download keeps only the fp16 files (half the bytes); load them as such, upcast on the CPU.
-        variant = "fp16" if not any(folder.glob("unet/diffusion_pytorch_model.safetensors")) and any(folder.glob("unet/*.fp16.*")) else None
+        # `weights.download unclip` keeps only the fp16 files where a component has them (half the
+        # bytes): read those (diffusers takes the variant per component), upcast on the CPU. A full
+        # copy of the repository is read in full precision for a float32 model.
+        has_fp16 = any(folder.glob("*/*.fp16.*"))
+        has_full = any((folder / "unet" / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin"))
+        variant = "fp16" if has_fp16 and (dtype == torch.float16 or not has_full) else None
         try:
             pipeline = StableUnCLIPImg2ImgPipeline.from_pretrained(folder, dtype=dtype, variant=variant, local_files_only=True)
         except (OSError, ValueError, EnvironmentError) as exc:
