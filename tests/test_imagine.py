@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 
 import faiss
 import numpy as np
@@ -170,6 +171,26 @@ def test_progress_reports_each_step_and_cancel_stops_between_steps(pipe, inputs)
     with pytest.raises(Cancelled):
         pipe.imagine(inputs, steps=3, size=32, seed=0, progress=stop_after_first, cancel=token)
     assert seen == [1]
+
+
+def test_a_request_waiting_for_the_busy_generator_can_be_cancelled(pipe):
+    generator, token, raised = pipe.image_generator, CancelToken(), []
+
+    def wait_for_it():
+        try:
+            generator.generate(torch.zeros(pipe.embed_dim), ImageSettings(steps=2, size=32, seed=0), cancel=token)
+        except Cancelled as exc:
+            raised.append(exc)
+
+    generator._lock.acquire()  # another image is being made
+    try:
+        waiter = threading.Thread(target=wait_for_it, daemon=True)
+        waiter.start()
+        token.cancel()
+        waiter.join(timeout=5)
+        assert raised and not waiter.is_alive()
+    finally:
+        generator._lock.release()
 
 
 def test_bad_settings_fail_before_any_work(pipe, inputs):

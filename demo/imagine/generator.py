@@ -166,18 +166,24 @@ class UnCLIPGenerator(ImageGenerator):
         unet = self.pipeline.unet
         # A CPU generator: the same seed gives the same noise on every device.
         generator = torch.Generator("cpu").manual_seed(settings.seed)
-        with self._lock, torch.inference_mode():
-            out = self.pipeline(
-                prompt=settings.prompt,
-                negative_prompt=settings.negative_prompt or None,
-                image_embeds=embedding[None].to(unet.device, unet.dtype),  # (1, D)
-                num_inference_steps=steps,
-                guidance_scale=float(settings.guidance),
-                noise_level=settings.noise_level,
-                generator=generator,
-                width=width,
-                height=height,
-                callback=on_step,
-                callback_steps=1,
-            )
+        # Wait for the pipeline, still cancellable while another image is being made.
+        while not self._lock.acquire(timeout=0.05):
+            check(cancel)
+        try:
+            with torch.inference_mode():
+                out = self.pipeline(
+                    prompt=settings.prompt,
+                    negative_prompt=settings.negative_prompt or None,
+                    image_embeds=embedding[None].to(unet.device, unet.dtype),  # (1, D)
+                    num_inference_steps=steps,
+                    guidance_scale=float(settings.guidance),
+                    noise_level=settings.noise_level,
+                    generator=generator,
+                    width=width,
+                    height=height,
+                    callback=on_step,
+                    callback_steps=1,
+                )
+        finally:
+            self._lock.release()
         return out.images[0]
