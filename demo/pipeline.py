@@ -252,17 +252,25 @@ class ImageBindLLMPipeline:
             embedding = mix_embeddings(embeddings, weights)
             mix = [(item.modality, item.display_name, share) for (_, item), share in zip(items, shares)]
             neighbours = None
-            if cache.enabled and self.cache is None:
-                notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
-            elif cache.enabled:
-                k = min(int(cache.k), self.cache.index.ntotal)  # a small home-made cache has fewer than k
-                if k < cache.k:
-                    notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+            if (k := self._cache_k(cache, notes)) is not None:
                 neighbours = self.cache.retrieve(embedding, k=k, temperature=cache.temperature, weight=cache.weight)
                 embedding = neighbours.embedding
         check(cancel)
         terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
         return Conditioning(embedding, terms, mix, neighbours, notes)
+
+    def _cache_k(self, cache, notes: list[str]) -> int | None:
+        """The k to search the loaded cache with, or None when the cache is not used; adds what
+        the user should know to `notes`."""
+        if not cache.enabled:
+            return None
+        if self.cache is None:
+            notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
+            return None
+        k = min(int(cache.k), self.cache.index.ntotal)  # a small home-made cache has fewer than k
+        if k < cache.k:
+            notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+        return k
 
     def _blank_embedding(self) -> torch.Tensor:
         with self._blank_lock:
@@ -403,12 +411,7 @@ class ImageBindLLMPipeline:
         mix = [(item.modality, item.display_name, share) for (_, item), share in zip(items, normalised_weights(weights))]
         notes: list[str] = []
         neighbours = None
-        if cache.enabled and self.cache is None:
-            notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
-        elif cache.enabled:
-            k = min(int(cache.k), self.cache.index.ntotal)
-            if k < cache.k:
-                notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+        if (k := self._cache_k(cache, notes)) is not None:
             embedding, neighbours = blend_keeping_norm(embedding, self.cache, k=k, temperature=cache.temperature, weight=cache.weight)
         return embedding, mix, neighbours, notes
 
@@ -452,7 +455,7 @@ class ImageBindLLMPipeline:
             from .errors import WeightsError
 
             raise WeightsError(
-                "image output needs the Stable unCLIP weights (about 5 GB in fp16): run "
+                "image output needs the Stable unCLIP weights (about 3.9 GB in fp16): run "
                 "`python -m weights.download unclip`, then load with "
                 "`ImageBindLLMPipeline.from_pretrained(folder, unclip_path=\"weights/downloads/stable-diffusion-2-1-unclip\")` "
                 "or add \"unclip\": \"<that folder>\" to the folder's imagebind_llm.json"
@@ -517,8 +520,7 @@ def _imagebind_path(folder: Path, meta: dict) -> Path:
             f"{folder}/imagebind_llm.json records no ImageBind weights: pass imagebind_path= (or --imagebind) "
             "pointing to imagebind_w3D.pth or imagebind_huge.pth"
         )
-    path = Path(recorded)
-    return path if path.is_absolute() else folder / path
+    return _recorded_path(folder, recorded)
 
 
 def default_home() -> Path:

@@ -187,33 +187,34 @@ class MultimodalEncoder:
         with torch.inference_mode():
             for chunk in samples.split(batch_size):
                 check(cancel)
-                outputs.append(self._forward(key, chunk, normalised))
+                outputs.append(self._forward(key, chunk) if normalised else self._forward_unnormalised(key, chunk))
         return torch.cat(outputs)
 
-    def _forward(self, key: str, batch: Tensor, normalised: bool = True) -> Tensor:
+    def _forward(self, key: str, batch: Tensor) -> Tensor:
         if key == "point":
             # Grouping runs in float32 whatever the model dtype (see point_bind.group_points).
-            points = batch.to(self.device, torch.float32)
-            out = self.point(points) if normalised else self.point.head(self.point.point_trunk(points))
+            out = self.point(batch.to(self.device, torch.float32))
         else:
             # Token ids stay integers; everything else takes the tower's dtype.
             batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
-            if normalised:
-                out = self.imagebind({key: batch})[key]  # ImageBind averages clips/views of 5-D+ inputs
-            else:
-                out = self._head_output(key, batch)
+            out = self.imagebind({key: batch})[key]  # ImageBind averages clips/views of 5-D+ inputs
         return out.float().cpu()
 
-    def _head_output(self, key: str, batch: Tensor) -> Tensor:
-        """`ImageBindModel.forward` for one modality without its postprocessor: [B, out_dim]."""
+    def _forward_unnormalised(self, key: str, batch: Tensor) -> Tensor:
+        """`_forward` without the postprocessor (normalise and scale): the head's output [B, out_dim]."""
+        if key == "point":
+            point = self.point
+            return point.head(point.point_trunk(batch.to(self.device, torch.float32))).float().cpu()
         model = self.imagebind
+        batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
         clips = batch.ndim >= 5  # audio and video: [B, S, ...], S clips or views per sample
         if clips:
             b, s = batch.shape[:2]
             batch = batch.reshape(b * s, *batch.shape[2:])
         value = model.modality_preprocessors[key](**{key: batch})
-        value = model.modality_heads[key](model.modality_trunks[key](**value["trunk"]), **value["head"])
-        return value.reshape(b, s, -1).mean(dim=1) if clips else value
+        value = model.modality_heads[key](model.modality_trunks[key](**value["trunk"]), **value["head"])  # (B[*S], out_dim)
+        value = value.reshape(b, s, -1).mean(dim=1) if clips else value  # ImageBind's clip average, before normalising
+        return value.float().cpu()
 
     def _place(self, key: str) -> None:
         """Move one tower to (device, dtype) the first time it is used (see the module docstring)."""
