@@ -113,6 +113,15 @@ def test_pre_normalisation_embedding_is_the_head_output_before_normalise_and_sca
         assert torch.allclose(F.normalize(raw, dim=0), normalised, atol=1e-5)
 
 
+def test_pre_normalisation_audio_averages_the_clips_head_outputs(pipe):
+    clips = torch.randn(3, 1, 128, 204)  # three 2 s clips of one sound
+    encoder = pipe.encoder
+    each = [encoder.encode_unnormalised("audio", clip[None]) for clip in clips]
+    assert torch.allclose(encoder.encode_unnormalised("audio", clips), torch.stack(each).mean(0), atol=1e-5)
+    # One clip: ImageBind's embedding is this one normalised and scaled (audio's logit scale is 20)
+    assert torch.allclose(20 * F.normalize(each[0], dim=0), encoder.encode("audio", clips[:1]), atol=1e-4)
+
+
 def test_image_embedding_follows_section_13(pipe, inputs):
     image, point = (pipe.encoder.encode_unnormalised(i.modality, load_input(i.modality, i.source)) for i in inputs)
     expected = (1.0 * image + 0.5 * point / 5) / (1.5 + 1e-6)
