@@ -288,3 +288,11 @@ def test_a_downloaded_fp16_folder_loads_on_the_cpu(unclip_folder, tmp_path):
     StableUnCLIPImg2ImgPipeline.from_pretrained(unclip_folder).save_pretrained(folder, variant="fp16")
     generator = UnCLIPGenerator.from_pretrained(folder, device="cpu")
     assert generator.pipeline.unet.dtype == torch.float32
+
+
+def test_noise_level_and_negative_prompt_reach_the_model(pipe, inputs):
+    base = np.asarray(pipe.imagine(inputs, seed=3, **SMALL).image)
+    noisy = np.asarray(pipe.imagine(inputs, seed=3, noise_level=500, **SMALL).image)
+    negative = np.asarray(pipe.imagine(inputs, seed=3, negative_prompt="blurry", **SMALL).image)
+    assert not np.array_equal(base, noisy)
+    assert not np.array_equal(base, negative)
