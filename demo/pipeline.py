@@ -69,6 +69,18 @@ class Conditioning:
 
 
 @dataclass
+class ImagineOutput:
+    """One picture made from the inputs (`ImageBindLLMPipeline.imagine`)."""
+
+    image: Any  # PIL.Image.Image
+    embedding: torch.Tensor  # (E,) the vector the picture was generated from (section 13, NOT unit-norm)
+    mix: list[tuple[str, str, float]]  # (modality, name, normalised weight), as in Conditioning
+    settings: Any  # demo.imagine.ImageSettings actually used, with its concrete seed (replayable)
+    neighbours: Any = None  # demo.cache.CacheResult when the cache was used
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PipelineOutput:
     text: str
     conditioning: Conditioning
@@ -78,7 +90,8 @@ class PipelineOutput:
 
 class ImageBindLLMPipeline:
     def __init__(
-        self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None, engine: Engine | None = None
+        self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None, engine: Engine | None = None,
+        image_generator=None,
     ):
         from .cache import CacheConfig
         from .inputs.limits import InputLimits
@@ -97,6 +110,15 @@ class ImageBindLLMPipeline:
         self._blank_lock = threading.Lock()
         # Encodings running at once (limits.max_running_encodes, read here): see `_encode_slot`.
         self._encode_slots = threading.BoundedSemaphore(self.limits.max_running_encodes)
+        # Image output (optional): a demo.imagine.ImageGenerator taking this encoder's vectors.
+        if image_generator is not None and image_generator.embed_dim != self.embed_dim:
+            from .errors import WeightsError
+
+            raise WeightsError(
+                f"the image generator takes {image_generator.embed_dim}-d embeddings but ImageBind gives {self.embed_dim}-d: "
+                "use the Stable unCLIP checkpoint made for OpenCLIP ViT-H (stabilityai/stable-diffusion-2-1-unclip)"
+            )
+        self.image_generator = image_generator
 
     # ------------------------------------------------------------------------------------------
     # Loading
@@ -114,6 +136,7 @@ class ImageBindLLMPipeline:
         home: str | os.PathLike | None = None,
         concurrency: int = 8,
         compile: bool = False,
+        unclip_path: str | os.PathLike | None = None,
     ) -> "ImageBindLLMPipeline":
         """Load a converted folder (see `weights/convert.py`) or the offline "tiny" preset.
 
@@ -124,6 +147,9 @@ class ImageBindLLMPipeline:
         concurrency: requests decoded together in one batch (the engine's rows).
         compile: the fast path (static KV cache + torch.compile; CUDA graphs on a GPU). Off by
             default: on a CPU it compiles for minutes and is not faster (README, Engine).
+        unclip_path: a local Stable unCLIP folder (`python -m weights.download unclip`) for
+            `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
+            image output stays off.
         """
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
@@ -140,7 +166,16 @@ class ImageBindLLMPipeline:
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
         engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile)
-        return cls(model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine)
+        image_generator = None
+        if unclip_path is not None or meta.get("unclip"):
+            from .imagine import UnCLIPGenerator
+
+            unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
+            image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
+        return cls(
+            model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
+            image_generator=image_generator,
+        )
 
     # ------------------------------------------------------------------------------------------
     # 1. Inputs -> conditioning
@@ -217,17 +252,25 @@ class ImageBindLLMPipeline:
             embedding = mix_embeddings(embeddings, weights)
             mix = [(item.modality, item.display_name, share) for (_, item), share in zip(items, shares)]
             neighbours = None
-            if cache.enabled and self.cache is None:
-                notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
-            elif cache.enabled:
-                k = min(int(cache.k), self.cache.index.ntotal)  # a small home-made cache has fewer than k
-                if k < cache.k:
-                    notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+            if (k := self._cache_k(cache, notes)) is not None:
                 neighbours = self.cache.retrieve(embedding, k=k, temperature=cache.temperature, weight=cache.weight)
                 embedding = neighbours.embedding
         check(cancel)
         terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
         return Conditioning(embedding, terms, mix, neighbours, notes)
+
+    def _cache_k(self, cache, notes: list[str]) -> int | None:
+        """The k to search the loaded cache with, or None when the cache is not used; adds what
+        the user should know to `notes`."""
+        if not cache.enabled:
+            return None
+        if self.cache is None:
+            notes.append("visual cache is off: no cache index is loaded (see README, Visual cache)")
+            return None
+        k = min(int(cache.k), self.cache.index.ntotal)  # a small home-made cache has fewer than k
+        if k < cache.k:
+            notes.append(f"visual cache has {k} entries: using k={k} instead of {cache.k}")
+        return k
 
     def _blank_embedding(self) -> torch.Tensor:
         with self._blank_lock:
@@ -337,6 +380,92 @@ class ImageBindLLMPipeline:
         text = "".join(stream)
         return PipelineOutput(text, conditioning, state.finish_reason)
 
+    # ------------------------------------------------------------------------------------------
+    # 3. Inputs -> picture (optional image output, reference section 13)
+    # ------------------------------------------------------------------------------------------
+    def image_embedding(
+        self, inputs: Sequence[InputItem], cache=None, *, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, list[tuple[str, str, float]], Any, list[str]]:
+        """Weighted inputs -> (the (E,) vector images are generated from, mix, cache result, notes).
+
+        Section 13, not the LLM's mix: each input's PRE-normalisation embedding (point clouds / 5),
+        signed weights divided by (sum |w| + 1e-6) and summed, then with the cache on: the unit
+        direction blended as in section 8 and the mix's norm put back (demo/imagine/embedding.py).
+        Errors name the input as `encode`'s do."""
+        from .imagine.embedding import blend_keeping_norm, mix_unnormalised, scaled_embedding
+
+        cache = (cache or self.cache_defaults).check()
+        items = [(index, item) for index, item in enumerate(inputs) if item.weight != 0]
+        if not items:
+            raise InputError("an image needs at least one input with a non-zero weight (an image, a sound, a point cloud...)")
+        weights = [item.weight for _, item in items]
+        terms = []
+        with self._encode_slot(cancel):
+            for index, item in items:
+                check(cancel)
+                try:
+                    terms.append(scaled_embedding(_modality(item.modality), self._embed_unnormalised(item, cancel)))
+                except InputError as exc:
+                    raise BadInputError(_named(str(exc), item), index, item.display_name) from None
+        embedding = mix_unnormalised(terms, weights)
+        mix = [(item.modality, item.display_name, share) for (_, item), share in zip(items, normalised_weights(weights))]
+        notes: list[str] = []
+        neighbours = None
+        if (k := self._cache_k(cache, notes)) is not None:
+            embedding, neighbours = blend_keeping_norm(embedding, self.cache, k=k, temperature=cache.temperature, weight=cache.weight)
+        return embedding, mix, neighbours, notes
+
+    def _embed_unnormalised(self, item: InputItem, cancel: CancelToken | None) -> torch.Tensor:
+        """One input -> its pre-normalisation embedding, (E,) float32 CPU. A saved embedding
+        ("embedding" modality) is used as given: its pre-normalisation form is not known."""
+        from .inputs.registry import load_input
+
+        modality = _modality(item.modality)
+        sample = load_input(modality, item.source, self.limits, cancel=cancel)
+        if modality == "embedding":
+            if sample.shape[-1] != self.embed_dim:
+                raise InputError(f"{item.display_name}: embedding has {sample.shape[-1]} values, this model uses {self.embed_dim}")
+            return sample.float().reshape(-1).cpu()
+        return self.encoder.encode_unnormalised(modality, sample, cancel=cancel).reshape(-1)
+
+    def imagine(
+        self,
+        inputs: Sequence[InputItem],
+        *,
+        prompt: str = "",
+        negative_prompt: str | None = None,
+        steps: int = 20,
+        guidance: float = 10.0,
+        noise_level: int = 0,
+        seed: int | None = None,
+        size: int | tuple[int, int] | None = None,
+        cache=None,
+        progress=None,
+        cancel: CancelToken | None = None,
+    ) -> ImagineOutput:
+        """A picture of what the model "sees" in the weighted inputs (the released demo's
+        Output: Image). Defaults are the release's (20 steps, guidance 10, noise level 0); `seed`
+        None draws one, returned in `output.settings.seed` (the same seed gives the same image).
+        `progress(k, n)` is called after each of the n denoising steps; `cancel` stops at the next
+        input or step with `Cancelled`. Needs an image generator (`unclip_path=`), else
+        raises WeightsError saying how to get one."""
+        from .imagine import ImageSettings
+
+        if self.image_generator is None:
+            from .errors import WeightsError
+
+            raise WeightsError(
+                "image output needs the Stable unCLIP weights (about 3.9 GB in fp16): run "
+                "`python -m weights.download unclip`, then load with "
+                "`ImageBindLLMPipeline.from_pretrained(folder, unclip_path=\"weights/downloads/stable-diffusion-2-1-unclip\")` "
+                "or add \"unclip\": \"<that folder>\" to the folder's imagebind_llm.json"
+            )
+        settings = ImageSettings(prompt, negative_prompt, steps, guidance, noise_level, seed, size)
+        settings = settings.check(self.image_generator.max_noise_level).with_seed()  # bad settings fail before any encoding
+        embedding, mix, neighbours, notes = self.image_embedding(inputs, cache, cancel=cancel)
+        image = self.image_generator.generate(embedding, settings, progress=progress, cancel=cancel)
+        return ImagineOutput(image, embedding, mix, settings, neighbours, notes)
+
     def save_embeddings(self, inputs: Sequence[InputItem], path: str | os.PathLike) -> Path:
         """Embed each input and save {name: (E,) tensor} as safetensors, for offline arithmetic."""
         from safetensors.torch import save_file
@@ -376,6 +505,12 @@ def _modality(name: str) -> str:
         raise InputError(str(exc.args[0])) from None
 
 
+def _recorded_path(folder: Path, recorded: str) -> Path:
+    """A path written in imagebind_llm.json: absolute, or relative to the folder."""
+    path = Path(recorded)
+    return path if path.is_absolute() else folder / path
+
+
 def _imagebind_path(folder: Path, meta: dict) -> Path:
     recorded = meta.get("imagebind")
     if not recorded:
@@ -385,8 +520,7 @@ def _imagebind_path(folder: Path, meta: dict) -> Path:
             f"{folder}/imagebind_llm.json records no ImageBind weights: pass imagebind_path= (or --imagebind) "
             "pointing to imagebind_w3D.pth or imagebind_huge.pth"
         )
-    path = Path(recorded)
-    return path if path.is_absolute() else folder / path
+    return _recorded_path(folder, recorded)
 
 
 def default_home() -> Path:

@@ -3,10 +3,12 @@
     python -m weights.download --list                 # what exists, sizes, where it goes
     python -m weights.download release base           # what a converted 7B folder needs
     python -m weights.download cache                  # the 13.3 GB visual cache (optional)
+    python -m weights.download unclip                 # Stable unCLIP for image output (optional)
 
 Files from the Hugging Face Hub go through huggingface_hub (resumes interrupted downloads,
 verifies LFS checksums); Meta's imagebind_huge.pth is fetched with a resumable HTTP download.
-Every finished file is checked against its expected size, so a partial file never passes as whole.
+Every finished file is checked against its expected size, so a partial file never passes as whole
+(for whole folders, every file against the size the Hub lists).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class RemoteFile:
     filename: str | None = None
     revision: str | None = None
     url: str | None = None  # files not on the Hub
+    patterns: tuple[str, ...] = ()  # whole folders (filename None): the repository files to take
+    prefer_fp16: bool = False  # whole folders: where a component has *.fp16.* weights, only those
 
 
 FILES: dict[str, RemoteFile] = {
@@ -51,7 +55,8 @@ FILES: dict[str, RemoteFile] = {
         # LLaMA-1 7B in Hugging Face format with the original SentencePiece tokenizer.model.
         # Any LLaMA-1 7B copy works (Meta's own download in Meta format too: pass its folder to convert).
         RemoteFile("llama-7b", "LLaMA-1 7B base (public Hugging Face copy, huggyllama/llama-7b)",
-                   "llama-7b", int(13.5 * GB), "huggyllama/llama-7b", None),
+                   "llama-7b", int(13.5 * GB), "huggyllama/llama-7b", None,
+                   patterns=("config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.model", "tokenizer_config.json")),
         RemoteFile("chinese-delta", "Open-Chinese-LLaMA 7B delta: the release was trained on base + delta",
                    "7B_chinese_delta/consolidated.00.pth", int(13.5 * GB), "Cxxs/Open-Chinese-LLaMA",
                    "7B_chinese_delta/consolidated.00.pth"),
@@ -59,6 +64,11 @@ FILES: dict[str, RemoteFile] = {
                    "Cxxs/Open-Chinese-LLaMA", "7B_chinese_delta/params.json"),
         RemoteFile("cache", "visual cache: faiss index of ~3M CC3M ImageBind image features",
                    "knn.index", int(13.3 * GB), "csuhan/knn", "knn.index"),
+        # Image output (demo/imagine): the diffusers folder, fp16 weights only (~1.96 G parameters,
+        # benchmarks/bench_imagine.py); never the single-file sd21-unclip-h.ckpt duplicate.
+        RemoteFile("unclip", "Stable Diffusion 2.1 unCLIP (OpenCLIP ViT-H image embeddings) for image output",
+                   "stable-diffusion-2-1-unclip", int(3.9 * GB), "stabilityai/stable-diffusion-2-1-unclip", None,
+                   patterns=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"), prefer_fp16=True),
     )
 }
 # What a user asks for -> files. "release" + "base" is everything `weights.convert` needs.
@@ -66,9 +76,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "release": ("adapter", "imagebind-3d"),
     "base": ("llama-7b", "chinese-delta", "chinese-delta-params"),
     "cache": ("cache",),
+    "unclip": ("unclip",),
     "all": tuple(FILES),
 }
-LLAMA_HF_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.model", "tokenizer_config.json"]
 
 
 def check_size(path: Path, expected: int | None) -> None:
@@ -91,14 +101,48 @@ def _offline_error(item: RemoteFile, exc: Exception) -> WeightsError:
     )
 
 
+def select_files(item: RemoteFile, files: list[str]) -> list[str]:
+    """The files of a whole-folder download: those matching `item.patterns` (at most one folder
+    deep for `*/...` patterns), keeping only the fp16 weights of a component that has some when
+    `item.prefer_fp16`."""
+    from fnmatch import fnmatch
+
+    chosen = [f for f in files if any(fnmatch(f, p) and f.count("/") == p.count("/") for p in item.patterns)]
+    if item.prefer_fp16:
+        with_fp16 = {f.rpartition("/")[0] for f in chosen if ".fp16." in f}
+        weights = (".safetensors", ".bin")
+        chosen = [f for f in chosen if ".fp16." in f or not f.endswith(weights) or f.rpartition("/")[0] not in with_fp16]
+    return sorted(chosen)
+
+
+def download_folder(item: RemoteFile, dest: Path) -> Path:
+    """A whole Hub folder: the selected files (resumed by huggingface_hub), each size-checked."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    folder = dest / item.target
+    try:
+        sizes = {
+            entry.path: entry.size
+            for entry in HfApi().list_repo_tree(item.repo_id, revision=item.revision, recursive=True)
+            if getattr(entry, "size", None) is not None  # files, not folders
+        }
+        wanted = select_files(item, list(sizes))
+        huggingface_hub.snapshot_download(item.repo_id, revision=item.revision, local_dir=folder, allow_patterns=wanted)
+    except Exception as exc:  # network, auth, offline mode: all mean "not downloadable from here"
+        raise _offline_error(item, exc) from exc
+    for name in wanted:
+        check_size(folder / name, sizes[name])
+    return folder
+
+
 def download_hub(item: RemoteFile, dest: Path) -> Path:
     import huggingface_hub
     from huggingface_hub import HfApi
 
+    if item.filename is None:
+        return download_folder(item, dest)
     try:
-        if item.filename is None:  # a whole model folder
-            huggingface_hub.snapshot_download(item.repo_id, revision=item.revision, local_dir=dest / item.target, allow_patterns=LLAMA_HF_PATTERNS)
-            return dest / item.target
         path = Path(huggingface_hub.hf_hub_download(item.repo_id, item.filename, revision=item.revision, local_dir=dest))
         info = HfApi().get_paths_info(item.repo_id, [item.filename], revision=item.revision)
     except Exception as exc:  # network, auth, offline mode: all mean "not downloadable from here"

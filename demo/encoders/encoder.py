@@ -162,14 +162,23 @@ class MultimodalEncoder:
         """One preprocessed sample (layout: `demo.modalities`) -> embedding [out_dim], float32, CPU."""
         return self.encode_batch(modality, sample[None], batch_size=1, cancel=cancel)[0]
 
+    def encode_unnormalised(self, modality: str, sample: Tensor, *, cancel: CancelToken | None = None) -> Tensor:
+        """One sample -> its PRE-normalisation embedding [out_dim], float32, CPU: the modality
+        head's output, before ImageBind's normalise-and-scale postprocessor (image output,
+        reference section 13, feeds these to unCLIP). Clips/views are averaged as `encode` does,
+        here before normalisation since there is none."""
+        return self.encode_batch(modality, sample[None], batch_size=1, cancel=cancel, normalised=False)[0]
+
     def encode_batch(
-        self, modality: str, samples: Tensor, batch_size: int = 32, *, cancel: CancelToken | None = None
+        self, modality: str, samples: Tensor, batch_size: int = 32, *, cancel: CancelToken | None = None,
+        normalised: bool = True,
     ) -> Tensor:
         """Samples [N, *sample_shape] -> embeddings [N, out_dim], float32, CPU, in batches.
 
         `cancel` is checked before the tower is placed and before each batch's forward pass (one
         sample's clips or views go through the tower together, as in ImageBind, so that the
-        embedding stays ImageBind's); a cancelled request raises `Cancelled` there."""
+        embedding stays ImageBind's); a cancelled request raises `Cancelled` there.
+        `normalised=False` stops after the modality head (see `encode_unnormalised`)."""
         self._check_samples(modality, samples)
         key = get_modality(modality).imagebind_key
         check(cancel)
@@ -178,7 +187,7 @@ class MultimodalEncoder:
         with torch.inference_mode():
             for chunk in samples.split(batch_size):
                 check(cancel)
-                outputs.append(self._forward(key, chunk))
+                outputs.append(self._forward(key, chunk) if normalised else self._forward_unnormalised(key, chunk))
         return torch.cat(outputs)
 
     def _forward(self, key: str, batch: Tensor) -> Tensor:
@@ -190,6 +199,22 @@ class MultimodalEncoder:
             batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
             out = self.imagebind({key: batch})[key]  # ImageBind averages clips/views of 5-D+ inputs
         return out.float().cpu()
+
+    def _forward_unnormalised(self, key: str, batch: Tensor) -> Tensor:
+        """`_forward` without the postprocessor (normalise and scale): the head's output [B, out_dim]."""
+        if key == "point":
+            point = self.point
+            return point.head(point.point_trunk(batch.to(self.device, torch.float32))).float().cpu()
+        model = self.imagebind
+        batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
+        clips = batch.ndim >= 5  # audio and video: [B, S, ...], S clips or views per sample
+        if clips:
+            b, s = batch.shape[:2]
+            batch = batch.reshape(b * s, *batch.shape[2:])
+        value = model.modality_preprocessors[key](**{key: batch})
+        value = model.modality_heads[key](model.modality_trunks[key](**value["trunk"]), **value["head"])  # (B[*S], out_dim)
+        value = value.reshape(b, s, -1).mean(dim=1) if clips else value  # ImageBind's clip average, before normalising
+        return value.float().cpu()
 
     def _place(self, key: str) -> None:
         """Move one tower to (device, dtype) the first time it is used (see the module docstring)."""
