@@ -259,3 +259,37 @@ def test_command_help():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0
     assert "--weights" in result.stdout and "/v1" in result.stdout and "--allow-local-files" in result.stdout
+
+
+def test_disconnect_while_waiting_for_a_whole_answer_cancels(server, tiny_pipeline):
+    engine = tiny_pipeline.engine
+    steps = engine.steps
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Talk"}], "max_tokens": 512, "temperature": 1.0, "seed": 4}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server}/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.5))
+    deadline = time.time() + 5
+    while engine.running and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.running == 0
+    assert engine.steps - steps < 500  # stopped well before max_tokens
+
+
+def test_mounts_into_the_gradio_app(tiny_pipeline):
+    """What app.py does to serve the API on the UI's port: mount into `demo.app` after launch."""
+    import app
+    from demo.serve import mount_openai
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo = app.build_demo(tiny_pipeline)
+    demo.queue(max_size=16)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_style())
+    try:
+        mount_openai(demo.app, tiny_pipeline)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="imagebind-llm", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+        assert reply.choices[0].message.content is not None
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+    finally:
+        demo.close()
