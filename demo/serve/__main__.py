@@ -2,6 +2,7 @@
 
   python -m demo.serve --weights pocket --port 8000
   python -m demo.serve --weights weights/converted/7B --device cuda --concurrency 16
+  python -m demo.serve --ray --replicas 2 --gpus-per-replica 0.5 --weights ...   # Ray Serve (ray[serve])
 
 Endpoints (under /v1): POST chat/completions (streaming or not; image_url, input_audio and file
 parts for every modality), POST embeddings (ImageBind's joint space), GET models. Any OpenAI
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--allow-local-files", type=Path, metavar="DIR",
                        help="accept image_url paths (/abs/path or file://) of files under DIR (default: refused)")
     group.add_argument("--allow-remote-urls", action="store_true", help="fetch http(s) image_url URLs (default: refused)")
+    group = parser.add_argument_group("Ray Serve (scale-out; pip install 'ray[serve]==2.60.0')")
+    group.add_argument("--ray", action="store_true",
+                       help="serve through Ray Serve: --replicas copies of the pipeline behind Ray's HTTP proxy; "
+                            "joins the cluster of RAY_ADDRESS when set, else starts a local Ray instance")
+    group.add_argument("--replicas", type=int, default=1, help="(default: %(default)s)")
+    group.add_argument("--gpus-per-replica", type=float, default=0.0, help="a fraction shares a GPU, e.g. 0.5 (default: %(default)s)")
+    group.add_argument("--cpus-per-replica", type=float, default=1.0, help="(default: %(default)s)")
     return parser
 
 
@@ -56,15 +64,22 @@ def main(argv: list[str] | None = None) -> None:
     from .content import ServeOptions
     from .openai_api import create_app
 
-    pipe = ImageBindLLMPipeline.from_pretrained(
-        args.weights, device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=args.cache,
-        imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile,
-    )
-    pipe.engine.max_waiting = args.max_waiting
     options = ServeOptions(
         model_name=args.model_name or f"imagebind-llm-{Path(str(args.weights)).name}",
         max_body_bytes=int(args.max_body_mb * 2**20), local_root=args.allow_local_files, allow_remote_urls=args.allow_remote_urls,
     )
+    kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=args.cache,
+                  imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile)
+    if args.ray:
+        from .ray_app import RayServeConfig, run_ray
+
+        config = RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                                max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=kwargs)
+        print(f"serving {options.model_name!r} on Ray Serve ({args.replicas} replicas) at http://{args.host}:{args.port}/v1", flush=True)
+        run_ray(str(args.weights), options, config, args.host, args.port)
+        return
+    pipe = ImageBindLLMPipeline.from_pretrained(args.weights, **kwargs)
+    pipe.engine.max_waiting = args.max_waiting
     print(f"serving {options.model_name!r} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(create_app(pipe, options), host=args.host, port=args.port, log_level="info")
 
