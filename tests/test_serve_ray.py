@@ -55,3 +55,28 @@ def test_two_replicas_share_the_requests(ray_server):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     error = httpx.post(f"{ray_server}/chat/completions", json={"messages": []}, timeout=60)
     assert error.status_code == 400 and error.json()["error"]["param"] == "messages"
+
+
+def test_a_killed_replica_fails_its_request_without_hanging(ray_server):
+    from ray.util import list_named_actors
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Talk"}], "max_tokens": 512, "stream": True,
+            "temperature": 1.0, "seed": 5}
+    began = time.time()
+    events, failed = [], False
+    with httpx.Client(timeout=httpx.Timeout(60)) as http:
+        with http.stream("POST", f"{ray_server}/chat/completions", json=body) as response:
+            replica = response.headers["x-imagebind-replica"]
+            try:
+                for line in response.iter_lines():
+                    events.append(line)
+                    if len(events) == 3:  # mid-stream: kill the replica serving it
+                        name = next(a["name"] for a in list_named_actors(all_namespaces=True) if replica in a["name"])
+                        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=False)
+            except httpx.HTTPError:
+                failed = True
+    assert time.time() - began < 60
+    assert failed or "data: [DONE]" not in events or any('"error"' in e for e in events)
+    # The service goes on: the other replica answers (Ray restarts the killed one).
+    client = openai.OpenAI(base_url=ray_server, api_key="unused", max_retries=2, timeout=120)
+    assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2).choices
