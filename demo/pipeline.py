@@ -302,8 +302,9 @@ class ImageBindLLMPipeline:
         cancel: CancelToken | None = None,
         stop: Sequence[str] = (),
     ) -> Iterator[str]:
-        """Yield the answer as text deltas (cut before the template's stop strings and `stop`). Breaking out of the loop (or closing the generator)
-        stops generation and frees the batch row; `cancel.cancel()` does too, and the iterator
+        """Yield the answer as text deltas, cut before the template's stop strings and the extra
+        `stop` strings. Breaking out of the loop (or closing the generator) stops generation and
+        frees the batch row; `cancel.cancel()` does too, and the iterator
         then raises `demo.errors.Cancelled`. Concurrent calls share the engine's forward passes."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: type a question or instruction")

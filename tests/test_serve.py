@@ -293,3 +293,15 @@ def test_mounts_into_the_gradio_app(tiny_pipeline):
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
     finally:
         demo.close()
+
+
+def test_inputs_of_an_earlier_turn_without_text_count(client, server):
+    """A first user message with only an image, answered, then a text question: the image is an
+    input of the request (all user messages' inputs count), and its empty text is no error."""
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": png_data_url()}}]},
+                {"role": "assistant", "content": "Got it."}, {"role": "user", "content": "What is it?"}]
+    with_image = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=6)
+    broken = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}, *messages[1:]]
+    response = httpx.post(f"{server}/chat/completions", json={"messages": broken, "max_tokens": 6}, timeout=60)
+    assert with_image.choices[0].message.content is not None
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages[0].content[0]"

@@ -130,9 +130,7 @@ class PartDecoder:
         if len(data) > limit:
             raise APIError(413, f"{where}: {name} is {len(data) / 2**20:.1f} MiB; {modality} inputs are limited to "
                                 f"{limit / 2**20:.1f} MiB", param=where, code="input_too_large")
-        suffix = Path(name).suffix.lower()
-        if suffix not in get_modality(modality).suffixes:  # e.g. an image_url with a JPEG given as "depth"
-            suffix = get_modality(modality).suffixes[0] if not suffix else suffix
+        suffix = Path(name).suffix.lower() or get_modality(modality).suffixes[0]  # a data: URL of an unknown type
         self.count += 1
         path = self.folder / f"part-{self.count}{suffix}"
         path.write_bytes(data)

@@ -215,7 +215,7 @@ async def _cancel_on_disconnect(request: Request, token: CancelToken) -> None:
 def _conversation(messages: list) -> tuple[str, list[tuple[str, str]], str | None, list[tuple[dict, str]]]:
     """messages -> (question, history pairs, input_text, input parts of all user messages)."""
     history: list[tuple[str, str]] = []
-    pending: list[str] = []  # user texts since the last assistant reply
+    pending: list[str] | None = None  # user texts since the last assistant reply; None: no user message
     system: list[str] = []
     parts: list[tuple[dict, str]] = []
     for i, message in enumerate(messages):
@@ -227,16 +227,16 @@ def _conversation(messages: list) -> tuple[str, list[tuple[str, str]], str | Non
         if role in ("system", "developer"):
             system.append(text)
         elif role == "user":
-            pending.append(text)
+            pending = (pending or []) + ([text] if text else [])
             parts += input_parts(content, f"{where}.content")
         elif role == "assistant":
-            if not pending:
+            if pending is None:
                 raise APIError(400, f"{where}: an assistant message must follow a user message", param=where)
             history.append(("\n".join(pending), text))
-            pending = []
+            pending = None
         else:
             raise APIError(400, f"{where}: unsupported role {role!r}; use system, user or assistant", param=where)
-    if not pending:
+    if pending is None:
         raise APIError(400, "the last message must be from the user", param=f"messages[{len(messages) - 1}]")
     question = "\n".join(pending)
     if not question.strip():
