@@ -82,7 +82,6 @@ def test_models_lists_the_loaded_model(client):
 
 def test_chat_not_streamed_matches_the_pipeline(client, tiny_pipeline):
     from demo.config import GenerationConfig
-    from demo.pipeline import InputItem
 
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello?"}],
                                            temperature=0, max_tokens=7)
@@ -94,7 +93,6 @@ def test_chat_not_streamed_matches_the_pipeline(client, tiny_pipeline):
     assert reply.usage.prompt_tokens == len(ids)
     assert 1 <= reply.usage.completion_tokens <= 7
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
-    del InputItem
 
 
 def test_chat_streamed_with_image_and_audio(client, tiny_pipeline, tmp_path):

@@ -66,17 +66,24 @@ def main(argv: list[str] | None = None) -> None:
 
     options = ServeOptions(
         model_name=args.model_name or f"imagebind-llm-{Path(str(args.weights)).name}",
-        max_body_bytes=int(args.max_body_mb * 2**20), local_root=args.allow_local_files, allow_remote_urls=args.allow_remote_urls,
+        max_body_bytes=int(args.max_body_mb * 2**20), allow_remote_urls=args.allow_remote_urls,
+        local_root=args.allow_local_files.resolve() if args.allow_local_files else None,
     )
     kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=args.cache,
                   imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile)
     if args.ray:
+        from ..pipeline import PRESETS
         from .ray_app import RayServeConfig, run_ray
+
+        # Replicas run in other working folders (or machines): paths must be absolute.
+        weights = args.weights if args.weights in PRESETS else str(Path(args.weights).resolve())
+        for key in ("cache_path", "imagebind_path"):
+            kwargs[key] = kwargs[key] and Path(kwargs[key]).resolve()
 
         config = RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
                                 max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=kwargs)
         print(f"serving {options.model_name!r} on Ray Serve ({args.replicas} replicas) at http://{args.host}:{args.port}/v1", flush=True)
-        run_ray(str(args.weights), options, config, args.host, args.port)
+        run_ray(weights, options, config, args.host, args.port)
         return
     pipe = ImageBindLLMPipeline.from_pretrained(args.weights, **kwargs)
     pipe.engine.max_waiting = args.max_waiting
