@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/load_test.py                          # 8 users, 200 requests
     .venv/bin/python benchmarks/load_test.py --users 16 --max-queue 4 --requests 200
     .venv/bin/python benchmarks/load_test.py --attack                 # bad-input corpus + attacks
+    .venv/bin/python benchmarks/load_test.py --openai [--ray-replicas N]  # the OpenAI API (openai_load.py)
 
 Starts its own server on a free 127.0.0.1 port (nothing else is contacted) with the app's bounded
 queue, and sends a fixed number of /chat requests (text-only, image, audio in turn) from N
@@ -54,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack", action="store_true", help="measure the per-request budget (see above)")
     parser.add_argument("--corpus", type=Path, default=Path("/tmp/bad_inputs_corpus"),
                         help="where --attack writes the bad-input corpus (default: %(default)s)")
+    parser.add_argument("--openai", action="store_true",
+                        help="drive `python -m demo.serve` with the openai client instead (benchmarks/openai_load.py)")
+    parser.add_argument("--ray-replicas", type=int, default=0, help="with --openai: serve through Ray Serve with N replicas")
     args = parser.parse_args(argv)
     if args.attack:
         return attack(args)
+    if args.openai:
+        from openai_load import run
+
+        return run(args)
 
     from gradio_client import Client, handle_file
 

@@ -343,9 +343,11 @@ class ImageBindLLMPipeline:
         generation: GenerationConfig | None = None,
         state: GenerationState | None = None,
         cancel: CancelToken | None = None,
+        stop: Sequence[str] = (),
     ) -> Iterator[str]:
-        """Yield the answer as text deltas. Breaking out of the loop (or closing the generator)
-        stops generation and frees the batch row; `cancel.cancel()` does too, and the iterator
+        """Yield the answer as text deltas, cut before the template's stop strings and the extra
+        `stop` strings. Breaking out of the loop (or closing the generator) stops generation and
+        frees the batch row; `cancel.cancel()` does too, and the iterator
         then raises `demo.errors.Cancelled`. Concurrent calls share the engine's forward passes."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: type a question or instruction")
@@ -356,7 +358,7 @@ class ImageBindLLMPipeline:
             logger.info("dropped %d oldest turns to fit the context", dropped)
         room = self.model.context_length - len(ids)
         config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
-        stream = self.engine.submit(Request(ids, conditioning.terms, config, STOP_STRINGS, cancel), state)
+        stream = self.engine.submit(Request(ids, conditioning.terms, config, STOP_STRINGS + tuple(stop), cancel), state)
         try:
             yield from stream
         finally:

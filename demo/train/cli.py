@@ -14,7 +14,9 @@ Typical run (reference section 11; paths are examples):
   # 4. A folder the pipeline and the app load (python app.py --weights runs/converted)
   python -m demo.train export --checkpoint runs/stage2 --base ... --delta ... --out runs/converted
 
-Training resumes by itself when --out holds a checkpoint (same command again). Every adapter it
+Training resumes by itself when --out holds a checkpoint (same command again). Several processes
+(GPUs, or CPU processes with gloo): `torchrun --nproc-per-node N -m demo.train stage1 ...`, where
+--batch-size is per process (the global batch is batch x grad-accum x N; lr follows it). Every adapter it
 writes (checkpoint-*/adapter.pth, adapter.pth) is in the released 7B.pth key layout.
 """
 
@@ -65,12 +67,12 @@ def _train_args(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--init", type=Path, required=stage == "stage2",
                         help="adapter to start from (7B.pth layout)" + (": the stage-1 result" if stage == "stage2" else "; default: fresh"))
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--batch-size", type=int, default=4, help="samples per micro-batch (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=4, help="samples per micro-batch, per process under torchrun (default: %(default)s)")
     group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: %(default)s)")
     group.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
     group.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     group.add_argument("--base-lr", type=float, default=defaults["base_lr"],
-                       help="lr per 256 samples; lr = base_lr * batch * grad_accum / 256 (default: %(default)s)")
+                       help="lr per 256 samples; lr = base_lr * batch * grad_accum * processes / 256 (default: %(default)s)")
     group.add_argument("--lr", type=float, help="absolute peak lr, instead of the --base-lr rule")
     group.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine (default: %(default)s)")
     group.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="(default: %(default)s)")
@@ -159,16 +161,31 @@ def run_features(args: argparse.Namespace) -> None:
 
 
 def run_stage(args: argparse.Namespace) -> None:
+    """One training stage; under torchrun, one of its processes (see demo/train/distributed.py)."""
+    from ..model import resolve_device
+    from .distributed import close_world, init_world
+
+    world = init_world(resolve_device(args.device))
+    if not world.is_main:  # one process speaks (the others' warnings still show)
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        _run_stage(args, world)
+    finally:
+        close_world(world)
+
+
+def _run_stage(args: argparse.Namespace, world) -> None:
     from ..convert import MetaCheckpoint, build_tokenizer, convert, find_tokenizer, load_adapter_checkpoint, open_base
     from ..model import resolve_device
     from .adapter_model import AdapterModel
     from .data import tokenize_all
+    from .distributed import local_device
     from .features import BLANK, FeatureStore
     from .trainer import TrainConfig, train
 
-    # 1. Data: records, tokens, features
+    # 1. Data: records, tokens, features (every process reads them; the main one writes the report)
     args.out.mkdir(parents=True, exist_ok=True)
-    issues = IssueLog(args.bad_data, args.out / "bad_data.jsonl")
+    issues = IssueLog(args.bad_data, args.out / "bad_data.jsonl" if world.is_main else None)
     records = _read_records(args, issues)
     store = FeatureStore(args.features)
     if BLANK not in store:
@@ -185,7 +202,7 @@ def run_stage(args: argparse.Namespace) -> None:
     logger.info("%d samples; %s", len(samples), issues.summary())
 
     # 2. Model: frozen base + adapter (fresh or --init)
-    device = resolve_device(args.device)
+    device = local_device(resolve_device(args.device), world)
     base_dtype = torch.float32 if device.type != "cuda" or args.precision == "fp32" else torch.float16 if args.precision == "fp16" else torch.bfloat16
     embed_dim = store.get([BLANK]).shape[1]
     delta = MetaCheckpoint(args.delta) if args.delta else None
@@ -201,11 +218,11 @@ def run_stage(args: argparse.Namespace) -> None:
         base_lr=args.base_lr, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         seed=args.seed, save_every=args.save_every, precision=args.precision, progress=not args.no_progress,
     )
-    final = train(model, samples, store, config, args.out)
+    final = train(model, samples, store, config, args.out, world=world)
     logger.info("adapter (7B.pth layout): %s; loss log: %s", final, args.out / "log.jsonl")
 
     # 4. Optionally the folder the pipeline loads
-    if args.convert:
+    if args.convert and world.is_main:
         imagebind = args.imagebind or _features_imagebind(args.features)
         folder = convert(args.base, final, args.out / "converted", delta=args.delta, tokenizer=args.tokenizer, imagebind=imagebind,
                          progress=not args.no_progress)
