@@ -318,6 +318,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--concurrency", type=int, default=4,
                        help="answers decoded together in one batch, all users (engine rows; inputs are still "
                             "encoded one request at a time). Default: %(default)s")
+    serve.add_argument("--no-openai-api", dest="openai_api", action="store_false",
+                       help="do not serve the OpenAI-compatible API under /v1 on the same port (docs/api.md)")
     serve.add_argument("--max-queue", type=int, default=32, help="requests that may wait (default: %(default)s)")
     serve.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 50mb (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -364,7 +366,13 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_demo(pipe, concurrency_limit=args.concurrency, world_model=is_pocket(args.weights))
     demo.queue(max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size,
-                **launch_style())
+                prevent_thread_lock=True, **launch_style())
+    if args.openai_api:  # the OpenAI-compatible API on the same port, sharing the pipeline's engine
+        from demo.serve import mount_openai
+
+        mount_openai(demo.app, pipe)
+        logger.info("OpenAI-compatible API at http://%s:%d/v1 (docs/api.md)", args.host, args.port)
+    demo.block_thread()
 
 
 if __name__ == "__main__":
