@@ -341,9 +341,12 @@ def test_the_startup_log_names_the_model_served(tiny_pipeline, monkeypatch, capl
         def launch(self, **kwargs):
             served.update(kwargs)
 
+        def block_thread(self):
+            pass
+
     monkeypatch.setattr(app, "load_pipeline", lambda args: tiny_pipeline)
     monkeypatch.setattr(app, "build_demo", lambda pipe, **kwargs: served.update(kwargs) or NoServer())
     with caplog.at_level(logging.INFO, logger="ibllm.app"):
-        app.main(["--weights", "tiny", "--port", "7999"])
+        app.main(["--weights", "tiny", "--port", "7999", "--no-openai-api"])
     assert "serving model tiny (random placeholder weights; visual cache off)" in caplog.text
     assert served["world_model"] is False and served["server_port"] == 7999

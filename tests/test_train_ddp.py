@@ -106,10 +106,10 @@ def _worker(rank: int, port: int, release_paths: dict, caption_path: str, featur
 def test_interrupted_two_process_run_resumes_to_the_same_end(two_process_run, release, caption_set, feature_dir, tmp_path):  # noqa: F811
     out = tmp_path / "interrupted"
     paths = {"llama": str(release.llama_dir), "delta": str(release.delta_dir)}
-    # fork: the children start at once, without importing torch again (CPU, gloo). Each uses one
-    # thread (_worker), so the parent's OpenMP pool is never needed in a child.
+    # spawn, not fork: earlier tests in the same pytest process have started autograd's threads,
+    # which a forked child cannot use. Each child uses one thread (_worker).
     mp.start_processes(_worker, args=(_free_port(), paths, str(caption_set), str(feature_dir), str(out), 1), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     assert [(e["step"], e["loss"]) for e in _log(out)] == [(e["step"], e["loss"]) for e in _log(two_process_run)]
     a, b = load_adapter_checkpoint(out / "adapter.pth"), load_adapter_checkpoint(two_process_run / "adapter.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
