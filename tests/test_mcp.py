@@ -172,3 +172,17 @@ def test_mcp_tools_are_typed_documented_and_callable(mcp_url, tiny_pipeline, ima
     assert not described.isError and text(described)  # a list of base64 files: Gradio leaves these to us
     assert no_cache.isError and "no visual cache is loaded" in text(no_cache)
     assert bad.isError and "cannot be read as audio" in text(bad) and "/tmp" not in text(bad)
+
+
+def test_server_files_cannot_be_named_by_path(mcp_url, image_file):
+    """A client may not make the tools read a server file: Gradio refuses a FileData path it did not
+    receive as an upload, and the list items we fetch ourselves must be URLs or base64."""
+    import httpx
+
+    base = mcp_url.removesuffix("mcp/")  # .../gradio_api/
+    server_file = {"path": str(image_file), "meta": {"_type": "gradio.FileData"}}
+    for endpoint, data in (("embed_file", [server_file, None]), ("describe_inputs", ["q", [server_file], None]),
+                           ("describe_inputs", ["q", [str(image_file)], None])):
+        event = httpx.post(f"{base}call/{endpoint}", json={"data": data}).json()["event_id"]
+        reply = httpx.get(f"{base}call/{endpoint}/{event}", timeout=30).text
+        assert reply.startswith("event: error") and "embedding" not in reply, (endpoint, data, reply)
