@@ -87,8 +87,12 @@ def test_mix_errors_say_what_is_wrong(embeddings, weights, message):
 
 def test_describe_inputs_answers_about_the_files(tiny_pipeline, image_file):
     assert isinstance(tools.describe_inputs(tiny_pipeline, "What is this?", [str(image_file)], [0.5]), str)
-    with pytest.raises(InputError, match="one weight"):
+    with pytest.raises(InputError, match="one modality and one weight per file"):
         tools.describe_inputs(tiny_pipeline, "What is this?", [str(image_file)], [1.0, 1.0])
+    with pytest.raises(InputError, match=r"outside \[-1, 1\]"):
+        tools.describe_inputs(tiny_pipeline, "What is this?", [str(image_file)], [3.0])
+    with pytest.raises(InputError, match="the question is empty"):
+        tools.describe_inputs(tiny_pipeline, " ", [str(image_file)])
 
 
 def test_search_finds_the_file_itself_first(cached_pipeline, image_file):

@@ -13,36 +13,27 @@ import torch
 from torch.nn import functional as F
 
 from ..arithmetic import mix_embeddings as mix_vectors
-from ..chat_request import infer_modality
+from ..chat_request import ChatRequest, infer_modality
 from ..errors import InputError
 from ..pipeline import ImageBindLLMPipeline, InputItem
 
 NO_CACHE = "no visual cache is loaded on this server: start it with --cache PATH (README, Visual cache)"
 
 
-def input_items(paths: Sequence[str], weights: Sequence[float] | None = None,
-                modalities: Sequence[str | None] | None = None) -> list[InputItem]:
-    """Files -> InputItems, the modality from each file's suffix (demo.modalities) unless given."""
-    weights = [1.0] * len(paths) if weights is None else list(weights)
-    modalities = [None] * len(paths) if modalities is None else list(modalities)
-    if len(weights) != len(paths) or len(modalities) != len(paths):
-        raise InputError(f"need one weight (and modality) per file: got {len(paths)} files, {len(weights)} weights "
-                         f"and {len(modalities)} modalities")
-    return [InputItem(infer_modality(Path(p).name, m), str(p), float(w), Path(p).name)
-            for p, w, m in zip(paths, weights, modalities)]
-
-
 def describe_inputs(pipe: ImageBindLLMPipeline, question: str, paths: Sequence[str] = (),
                     weights: Sequence[float] | None = None) -> str:
-    """The model's answer to `question` about the files (mixed with `weights`, default all 1)."""
-    if not question or not question.strip():
-        raise InputError("the question is empty: ask something about the files")
-    return pipe(question, input_items(paths, weights)).text
+    """The model's answer to `question` about the files (mixed with `weights` in [-1, 1], default all 1;
+    each file's modality from its suffix). Checked as the app's /chat checks its arguments."""
+    request = ChatRequest.parse(question, list(paths), None, None if weights is None else list(weights),
+                                limits=pipe.limits, generation_defaults=pipe.generation_defaults,
+                                cache_defaults=pipe.cache_defaults)
+    return pipe(request.question, request.inputs, generation=request.generation, cache=request.cache).text
 
 
 def embed_file(pipe: ImageBindLLMPipeline, path: str, modality: str | None = None) -> dict:
-    """{"modality", "dim", "embedding"}: the file's unit-norm ImageBind embedding as floats."""
-    item = input_items([path], modalities=[modality])[0]
+    """{"modality", "dim", "embedding"}: the file's unit-norm ImageBind embedding as floats; the modality
+    from the file's suffix (demo.modalities) unless given."""
+    item = InputItem(infer_modality(Path(path).name, modality), str(path), name=Path(path).name)
     vector = pipe.embed(item)  # (E,) unit norm
     return {"modality": item.modality, "dim": int(vector.numel()), "embedding": vector.tolist()}
 
