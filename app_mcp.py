@@ -12,7 +12,7 @@ from gradio import processing_utils
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
-from demo.chat_request import plain_message
+from demo.chat_request import MAX_INPUTS, plain_message
 from demo.errors import DemoError
 from demo.serve import tools
 
@@ -54,6 +54,8 @@ def register_mcp_tools(pipe) -> None:
         Returns:
             the model's answer
         """
+        if len(files or []) > MAX_INPUTS:  # before fetching any of them
+            raise gr.Error(f"at most {MAX_INPUTS} files per request, got {len(files)}")
         return _run(tools.describe_inputs, pipe, question, [_path(f) for f in files or []], weights)
 
     def embed_file(file: FileData, modality: str | None = None) -> str:
