@@ -182,9 +182,10 @@ def examples_block(chat: ChatPanel, rows: list[dict], label: str) -> None:
 
 
 def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, examples_dir: Path = EXAMPLES_DIR,
-               world_model: bool = False) -> gr.Blocks:
+               world_model: bool = False, mcp: bool = False) -> gr.Blocks:
     """The web app around one shared `pipeline` (nothing is loaded here). `world_model`: the pocket
-    model is served: greedy answers by default, and only the examples it can answer."""
+    model is served: greedy answers by default, and only the examples it can answer. `mcp`: also the
+    MCP tools (app_mcp.py; serve with launch(mcp_server=True))."""
     pipe = pipeline
     WORK_DIR.mkdir(mode=0o700, exist_ok=True)
     defaults = replace(pipe.generation_defaults, temperature=0.0) if world_model else pipe.generation_defaults
@@ -212,6 +213,10 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, ex
         wire(pipe, defaults, concurrency_limit, chat, mix_controls, settings, mix, layout, cond, generation,
              cache_settings)
         demo.load(lambda n: n + 1, layout, layout, **QUICK)  # first render of the mix rows
+        if mcp:
+            from app_mcp import register_mcp_tools
+
+            register_mcp_tools(pipe)
     return demo
 
 
@@ -320,6 +325,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "encoded one request at a time). Default: %(default)s")
     serve.add_argument("--no-openai-api", dest="openai_api", action="store_false",
                        help="do not serve the OpenAI-compatible API under /v1 on the same port (docs/api.md)")
+    serve.add_argument("--mcp", action="store_true",
+                       help="also serve MCP tools (describe_inputs, embed_file, mix_embeddings, search_visual_cache) "
+                            "at /gradio_api/mcp/ (README, MCP)")
     serve.add_argument("--max-queue", type=int, default=32, help="requests that may wait (default: %(default)s)")
     serve.add_argument("--max-file-size", default="200mb", help="largest upload, e.g. 50mb (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -363,10 +371,10 @@ def main(argv: list[str] | None = None) -> None:
     pipe = load_pipeline(args)
     kind = "random placeholder" if pipe.is_placeholder else "pocket-world" if is_pocket(args.weights) else "real"
     logger.info("serving model %s (%s weights; visual cache %s)", args.weights, kind, "on" if pipe.cache else "off")
-    demo = build_demo(pipe, concurrency_limit=args.concurrency, world_model=is_pocket(args.weights))
+    demo = build_demo(pipe, concurrency_limit=args.concurrency, world_model=is_pocket(args.weights), mcp=args.mcp)
     demo.queue(max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size,
-                prevent_thread_lock=True, **launch_style())
+                prevent_thread_lock=True, mcp_server=args.mcp, **launch_style())
     if args.openai_api:  # the OpenAI-compatible API on the same port, sharing the pipeline's engine
         from demo.serve import mount_openai
 
