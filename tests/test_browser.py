@@ -74,6 +74,7 @@ def bubbles(page) -> int:
 def send_and_wait(page, question: str) -> str:
     """Type a question, press Enter, wait for the answer to finish; return the newest mix note."""
     notes_before = page.locator("#chatbot .message-content, #chatbot [data-testid='bot']").count()
+    mix_notes_before = page.locator("#chatbot").inner_text().count("🎛️ Mix")
     page.locator("#msg textarea").fill(question)
     grown = "(n) => document.querySelectorAll(\"#chatbot .message-content, #chatbot [data-testid='bot']\").length > n"
     for attempt in range(2):  # on a loaded machine an Enter can beat the box's own state update; the text stays
@@ -85,7 +86,11 @@ def send_and_wait(page, question: str) -> str:
             page.screenshot(path=str(ARTIFACTS / "failed_send.png"), full_page=True)
             if attempt or page.locator("#msg textarea").input_value() != question:
                 raise
-    page.wait_for_selector("#msg .submit-button", timeout=60_000)  # Stop turned back into Send
+    # This turn's mix note is in the chat (the user turn alone can satisfy `grown` before the
+    # handler has even switched Send to Stop), then Stop has turned back into Send.
+    notes = "(n) => (document.querySelector('#chatbot').innerText.match(/🎛️ Mix/g) || []).length > n"
+    page.wait_for_function(notes, arg=mix_notes_before, timeout=60_000)
+    page.wait_for_selector("#msg .submit-button", timeout=60_000)
     time.sleep(0.5)
     return page.locator("#chatbot").inner_text()
 
