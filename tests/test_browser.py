@@ -98,7 +98,8 @@ def send_and_wait(page, question: str) -> str:
 def test_desktop_chat_with_dropped_files_weights_and_errors(browser, app_url):
     page = open_page(browser, app_url, DESKTOP)
     # Keyboard: the question box has the focus on load (no Tab needed); Send is off while empty.
-    assert page.evaluate("document.activeElement === document.querySelector('#msg textarea')")
+    # (the page's script focuses it once the box exists, on a 200 ms timer: wait for it, do not race it)
+    page.wait_for_function("document.activeElement === document.querySelector('#msg textarea')", timeout=10_000)
     assert page.locator("#msg .submit-button").is_disabled()
     assert_modalities_in_sight(page, DESKTOP)
 
