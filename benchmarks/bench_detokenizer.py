@@ -112,9 +112,9 @@ def main() -> None:
         def generate(n: int) -> float:
             state = GenerationState()
             start = time.perf_counter()
-            with model.injection.active(terms):
-                for _ in stream_tokens(model.llm, no_eos, prompt, GenerationConfig(max_new_tokens=n, temperature=1.0, seed=0), state):
-                    pass
+            for _ in stream_tokens(model.llm, no_eos, prompt, GenerationConfig(max_new_tokens=n, temperature=1.0, seed=0), state,
+                                   terms=terms):
+                pass
             return (time.perf_counter() - start) / len(state.token_ids)
 
         generate(8)

@@ -92,7 +92,7 @@ def decode_table(tokenizer) -> DecodeTable:
     elif hasattr(tokenizer, "convert_ids_to_tokens"):
         beside = _sentencepiece_beside(tokenizer)
         sp = spm.SentencePieceProcessor(model_file=str(beside)) if beside else None
-        if sp is not None and sp.get_piece_size() == len(tokenizer):
+        if sp is not None and sp.get_piece_size() == len(tokenizer.get_vocab()):  # get_vocab: also through proxies
             table = _table_from_sentencepiece(sp)
         else:  # no tokenizer.model beside it (or not this vocabulary's): the vocabulary, LLaMA's rules
             table = _table_from_transformers(tokenizer)
