@@ -71,23 +71,22 @@ def openai_router(pipe: ImageBindLLMPipeline, options: ServeOptions) -> APIRoute
     async def models() -> dict:
         return {"object": "list", "data": [{"id": options.model_name, "object": "model", "created": created, "owned_by": "imagebind-llm"}]}
 
-    @router.post("/chat/completions")
-    async def chat_completions(request: Request):
+    async def answer(request: Request, handler):
+        """Read and check the body, run `handler`; an APIError becomes OpenAI's JSON error shape."""
         try:
             body = await _read_json(request, options)
             _check_model(body, options)
-            return await _chat(request, body, pipe, options)
+            return await handler(request, body, pipe, options)
         except APIError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
 
+    @router.post("/chat/completions")
+    async def chat_completions(request: Request):
+        return await answer(request, _chat)
+
     @router.post("/embeddings")
     async def embeddings(request: Request):
-        try:
-            body = await _read_json(request, options)
-            _check_model(body, options)
-            return await _embeddings(request, body, pipe, options)
-        except APIError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+        return await answer(request, _embeddings)
 
     return router
 
