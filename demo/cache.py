@@ -22,7 +22,8 @@ Files: the index (any faiss index that can give back its vectors) and, next to i
 null when unknown). The official index has no sidecar: its sources are None.
 
 Off by default: `VisualCache.from_config` returns None when `CacheConfig.enabled` is False, and
-callers hold None for "no cache".
+callers hold None for "no cache". This module is what the pipeline uses at run time; building a
+cache and compacting one are tooling, in demo/weights_tools/cache.py (`ibllm cache`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ import json
 import logging
 import numbers
 import os
-import shutil
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .errors import InputError, WeightsError
+
+if TYPE_CHECKING:  # faiss is imported when a cache is loaded: the app starts without it when the cache is off
+    import faiss
 
 logger = logging.getLogger(__name__)
 
@@ -113,8 +114,10 @@ class VisualCache:
         if not path.is_file():
             raise WeightsError(
                 f"visual cache index not found at {path}: download {OFFICIAL_INDEX_URL} there, build one "
-                "with `python -m weights.cache build`, or turn the cache off"
+                "with `ibllm cache build`, or turn the cache off"
             )
+        import faiss
+
         # IO_FLAG_MMAP_IFC maps the vectors of flat (and other code-array) indexes from disk.
         flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
@@ -145,6 +148,8 @@ class VisualCache:
 
     def describe(self) -> str:
         """One line for logs and the UI."""
+        import faiss
+
         kind = type(faiss.downcast_index(self.index)).__name__
         known = "with sources" if self.sources is not None else "sources unknown"
         return f"on: {self.index.ntotal:,} entries of {self.dim}-d, {kind}, {known}"
@@ -204,6 +209,8 @@ def _check_params(k: int, temperature: float, weight: float) -> None:
 
 def _similarities(metric: int, scores: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Faiss scores [B, k] -> inner products [B, k], for unit cache vectors (see module docstring)."""
+    import faiss
+
     if metric == faiss.METRIC_INNER_PRODUCT:
         return scores
     squared_norm = np.square(query).sum(axis=1, keepdims=True)  # [B, 1]
@@ -224,6 +231,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def _check_index(index: "faiss.Index", dim: int) -> None:
     """Refuse an index whose dimension, metric or vectors do not fit the formula."""
+    import faiss
+
     if index.d != dim:
         raise WeightsError(f"the cache index holds {index.d}-d vectors but the model's embeddings are {dim}-d")
     if index.metric_type not in (faiss.METRIC_INNER_PRODUCT, faiss.METRIC_L2):
@@ -244,7 +253,7 @@ def _check_index(index: "faiss.Index", dim: int) -> None:
     if index.metric_type == faiss.METRIC_L2 and not unit:
         raise WeightsError(
             f"the cache is an L2 index of vectors that are not unit-norm (norms {norms.min():.3f}..{norms.max():.3f}), "
-            "so its distances cannot be turned into similarities; rebuild it with `python -m weights.cache build`, which normalises"
+            "so its distances cannot be turned into similarities; rebuild it with `ibllm cache build`, which normalises"
         )
     sims = _similarities(index.metric_type, scores[:, found], probe)[0]  # [n]
     if np.any(np.abs(sims - vectors @ probe[0]) > _PROBE_TOLERANCE * np.maximum(norms, 1.0)):
@@ -259,7 +268,7 @@ def _check_index(index: "faiss.Index", dim: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Files: the sources sidecar, building a cache, and compacting one.
+# The sources sidecar
 
 
 def sources_path(index_path: str | os.PathLike) -> Path:
@@ -271,261 +280,3 @@ def sources_path(index_path: str | os.PathLike) -> Path:
 def read_sources(path: Path) -> list[str | None]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line)["source"] for line in f]
-
-
-def build_from_embeddings(
-    files: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
-    *,
-    sources: Sequence[str | None] | None = None,
-    dim: int = EMBED_DIM,
-    batch_size: int = 4096,
-    checkpoint_every: int = 65536,
-    progress: bool = True,
-) -> Path:
-    """Build a flat cache from .npy files of embeddings ([n, D] or [D] each), in file order.
-
-    `sources` gives one source per row (URL or caption); without it a row's source is `file.npy[row]`.
-    """
-    arrays = [_load_npy(f) for f in files]
-    for f, array in zip(files, arrays):
-        if array.ndim not in (1, 2) or array.shape[-1] != dim:
-            raise InputError(f"{f}: expected embeddings of shape [n, {dim}] or [{dim}], got {array.shape}")
-    arrays = [a.reshape(-1, dim) for a in arrays]
-    names = [f"{f}[{row}]" for f, a in zip(files, arrays) for row in range(len(a))]
-    if sources is not None and len(sources) != len(names):
-        raise InputError(f"{len(sources)} sources were given for {len(names)} embedding rows")
-    starts = np.cumsum([0] + [len(a) for a in arrays])  # [F + 1] first row of each file
-
-    def read(start: int, stop: int) -> np.ndarray:
-        parts = [  # the slices of rows [start, stop) that fall in each file
-            a[max(start, lo) - lo : min(stop, hi) - lo] for a, lo, hi in zip(arrays, starts[:-1], starts[1:]) if max(start, lo) < min(stop, hi)
-        ]
-        return np.concatenate(parts)  # [stop - start, D]
-
-    return _build(read, names if sources is None else list(sources), output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
-
-
-def _load_npy(path: str | os.PathLike) -> np.ndarray:
-    try:
-        return np.load(path, mmap_mode="r")  # mapped: only the rows being copied are read
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read it as a .npy array ({error})") from None
-
-
-def build_from_images(
-    paths: Sequence[str | os.PathLike],
-    encode_images: Callable[[list[str]], np.ndarray],
-    output: str | os.PathLike,
-    *,
-    dim: int = EMBED_DIM,
-    batch_size: int = 32,
-    checkpoint_every: int = 1024,
-    progress: bool = True,
-) -> Path:
-    """Build a flat cache from images; `encode_images(paths) -> [n, D]` is the image encoder."""
-    paths = [str(p) for p in paths]
-    return _build(lambda start, stop: np.asarray(encode_images(paths[start:stop])), paths, output, dim=dim, batch_size=batch_size, checkpoint_every=checkpoint_every, progress=progress)
-
-
-def _build(
-    read: Callable[[int, int], np.ndarray],
-    sources: Sequence[str | None],
-    output: str | os.PathLike,
-    *,
-    dim: int,
-    batch_size: int,
-    checkpoint_every: int,
-    progress: bool,
-) -> Path:
-    """Write entries `read(start, stop) -> [n, D]` with their `sources`, resuming from the last checkpoint.
-
-    Work in progress lives in `<output>.partial.f32` (raw rows) and `<output>.partial.jsonl`
-    (sources). Both are append-only and written in the same order, so after a crash the entries
-    present in both are complete. A run resumes when those entries' sources are the start of its
-    own: images can be added to the end of the list, or one that failed can be moved away.
-    """
-    total = len(sources)
-    if total == 0:
-        raise InputError("nothing to build the cache from: no images or embedding rows were given")
-    output = Path(output)
-    rows_path, sources_tmp = output.with_name(output.name + ".partial.f32"), output.with_name(output.name + ".partial.jsonl")
-    done = _resume(rows_path, sources_tmp, sources, dim)
-
-    bar = tqdm(total=total, initial=done, desc="building cache", unit="entry", disable=not progress)
-    with bar, open(rows_path, "ab") as rows_file, open(sources_tmp, "a", encoding="utf-8") as sources_file:
-        since_checkpoint = 0
-        for start in range(done, total, batch_size):
-            stop = min(start + batch_size, total)
-            rows_file.write(_unit_rows(read(start, stop), stop - start, dim, start).tobytes())
-            sources_file.writelines(json.dumps({"source": name}) + "\n" for name in sources[start:stop])
-            since_checkpoint += stop - start
-            bar.update(stop - start)
-            if since_checkpoint >= checkpoint_every:
-                _sync(rows_file, sources_file)
-                since_checkpoint = 0
-        _sync(rows_file, sources_file)
-
-    # Finish: one flat inner-product index (exact; shrink it with `compact_index`), then the sidecar.
-    index = faiss.IndexFlatIP(dim)
-    index.add(np.fromfile(rows_path, dtype=np.float32).reshape(total, dim))  # [total, D]
-    tmp = output.with_name(output.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, output)
-    os.replace(sources_tmp, sources_path(output))
-    rows_path.unlink()
-    return output
-
-
-def _unit_rows(vectors: np.ndarray, expected: int, dim: int, start: int) -> np.ndarray:
-    """Check a batch of embeddings [n, D] and scale each row to unit norm (the cache's contract)."""
-    if vectors.shape != (expected, dim):
-        raise InputError(f"entries {start}..{start + expected - 1}: expected embeddings [{expected}, {dim}], got {vectors.shape}")
-    vectors = vectors.astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # [n, 1]
-    bad = np.flatnonzero(~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0))
-    if bad.size:
-        raise InputError(f"entry {start + bad[0]} has a zero or non-finite embedding")
-    return vectors / norms
-
-
-def _resume(rows_path: Path, sources_tmp: Path, sources: Sequence[str | None], dim: int) -> int:
-    """How many entries an earlier run finished; both partial files are cut back to that many."""
-    if not sources_tmp.is_file():
-        rows_path.unlink(missing_ok=True)
-        return 0
-    with open(sources_tmp, encoding="utf-8") as f:
-        lines = [line for line in f if line.endswith("\n")]  # a torn last line is dropped
-    done = min(rows_path.stat().st_size // (4 * dim) if rows_path.is_file() else 0, len(lines))
-    for entry, line in enumerate(lines[:done]):
-        if entry >= len(sources) or json.loads(line)["source"] != sources[entry]:
-            now = sources[entry] if entry < len(sources) else "nothing"
-            raise InputError(
-                f"{sources_tmp} is an unfinished build with other inputs (entry {entry} was {json.loads(line)['source']!r}, "
-                f"now {now!r}): pass the same inputs to resume, or delete {sources_tmp.name} to start over"
-            )
-    with open(rows_path, "ab") as f:
-        f.truncate(done * 4 * dim)
-    with open(sources_tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines[:done])
-    if done:
-        logger.info("resuming the cache build at entry %d of %d", done, len(sources))
-    return done
-
-
-def _sync(*files) -> None:
-    for f in files:
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# our name -> faiss factory code of the IVF lists' codes. "SQ7" is built by hand (see `_compact_sq7`).
-CODECS = {"SQ7": None, "SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
-
-
-def compact(
-    index: "faiss.Index",
-    *,
-    codec: str = "SQ8",
-    nlist: int | None = None,
-    nprobe: int = 32,
-    train_size: int | None = None,
-    k_factor: int = 32,
-    batch_size: int = 65536,
-    progress: bool = True,
-) -> "faiss.Index":
-    """Re-encode a cache index as IVF with compressed codes; entry ids stay the same.
-
-    codec: "SQ8" (the default: 8 bits a dimension, 0.253x the RAM of fp32 with faiss's 8-byte ids
-    counted, top-10 recall 0.98), "SQ7" (7 bits, 0.238x, recall 0.96 on in-distribution queries
-    but much worse than SQ8 for queries far from every entry, e.g. audio or text against image
-    features, the cache's main use: recall 0.37 vs 0.85 in a synthetic test), "SQ6" (0.19x,
-    recall 0.93), "SQ4" or "fp16"; measured on 1M clustered vectors by benchmarks/bench_cache.py.
-    nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer (and the codes' ranges)
-    are trained on `train_size` vectors (39 * nlist by default, faiss's minimum without a warning).
-    k_factor (SQ7 only, saved in the file): candidates re-scored on the 7-bit codes per neighbour
-    asked for; more cost ~1 us each per query.
-    """
-    if codec not in CODECS:
-        raise InputError(f"codec={codec!r} is not one of {', '.join(CODECS)}")
-    if k_factor < 1:
-        raise InputError(f"k_factor={k_factor} must be at least 1")
-    total = index.ntotal
-    nlist = nlist or 2 ** round(np.log2(np.sqrt(total)))
-    if total < nlist:
-        raise InputError(f"nlist={nlist} is larger than the cache ({total} entries)")
-    train_size = min(total, train_size or 39 * nlist)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.make_direct_map()  # an IVF source gives back vectors by id only through a direct map
-
-    sample = np.sort(np.random.default_rng(0).choice(total, train_size, replace=False))  # [train_size]
-    sample = index.reconstruct_batch(sample)  # [train_size, D]
-    batches = tqdm(range(0, total, batch_size), desc="compacting cache", unit="batch", disable=not progress)
-    read = (index.reconstruct_n(start, min(batch_size, total - start)) for start in batches)  # [batch, D] each, in id order
-    if codec == "SQ7":
-        out = _compact_sq7(sample, read, nlist, k_factor)
-    else:
-        # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
-        out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
-        out.train(sample)
-        for vectors in read:
-            out.add(vectors)  # ids continue in order
-    faiss.extract_index_ivf(out).nprobe = nprobe  # saved in the file
-    return out
-
-
-def _compact_sq7(sample: np.ndarray, batches, nlist: int, k_factor: int) -> "faiss.Index":
-    """SQ7: every entry as 7 bits a dimension (uniform between the sample's per-dimension min and max),
-    found through a small IVF index of 4-bit PQ codes.
-
-    Faiss has 4-, 6- and 8-bit scalar quantizers, and 8 bits for all 1024 dimensions plus the 8-byte
-    id an IVF list keeps for each entry is just over a quarter of fp32. So the codes live in a flat
-    `IndexPQ` with one dimension per sub-quantizer and 128 evenly spaced centroids (a 7-bit scalar
-    quantizer; no ids: an entry's id is its position), which faiss decodes and scores by itself; we
-    only write the codes, since faiss's own PQ encoder is ~1 ms a vector at this size. The IVF index
-    (`IVF{nlist},PQ{d/8}x4fs`, 64 + 8 bytes an entry at 1024-d) proposes `k_factor * k`
-    candidates, which `IndexRefine` re-scores on the 7-bit codes: scores are exact inner products
-    with the vectors given back.
-    """
-    dim = sample.shape[1]
-    low, high = sample.min(axis=0), sample.max(axis=0)  # [D] each
-    step = np.maximum(high - low, 1e-6) / 128  # [D]
-    codes = faiss.IndexPQ(dim, dim, 7, faiss.METRIC_INNER_PRODUCT)
-    centroids = low[:, None] + (np.arange(128) + 0.5) * step[:, None]  # [D, 128]: sub-quantizer j is dimension j
-    faiss.copy_array_to_vector(centroids.astype(np.float32).ravel(), codes.pq.centroids)
-    codes.is_trained = True
-    sub = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)  # 128 at 1024-d: 8 dims a sub-quantizer
-    candidates = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x4fs", faiss.METRIC_INNER_PRODUCT)
-    candidates.train(sample)
-    for vectors in batches:
-        candidates.add(vectors)
-        codes.add_sa_codes(_sq7_codes(vectors, low, step))
-    out = faiss.IndexRefine(candidates, codes)
-    out.own_fields = True  # `out` frees both; Python must not (it would free them when this returns)
-    candidates.this.disown()
-    codes.this.disown()
-    out.k_factor = k_factor
-    return out
-
-
-def _sq7_codes(vectors: np.ndarray, low: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """[n, D] -> [n, 7 * D / 8] bytes: each dimension's nearest of the 128 centroids (index floor((x - low) / step),
-    clipped), packed 7 bits after 7 bits, least significant first, as faiss's PQ codes are."""
-    nearest = np.clip(np.floor((vectors - low) / step), 0, 127).astype(np.uint8)  # [n, D]
-    bits = np.unpackbits(nearest[..., None], axis=-1, count=7, bitorder="little")  # [n, D, 7]
-    return np.packbits(bits.reshape(len(vectors), -1), axis=1, bitorder="little")  # [n, ceil(7 D / 8)]
-
-
-def compact_index(source: str | os.PathLike, output: str | os.PathLike, *, dim: int = EMBED_DIM, **options) -> Path:
-    """`compact` from file to file, copying the sources sidecar; options as for `compact`."""
-    # The source passes the load-time checks; it is mapped from disk, not read into RAM.
-    cache = VisualCache.from_index(source, dim=dim, mmap=True)
-    index = compact(cache.index, **options)
-    output = Path(output)
-    tmp = output.with_name(output.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, output)
-    if cache.sources is not None:  # ids are kept, so the sidecar is valid as it is
-        shutil.copyfile(sources_path(source), sources_path(output))
-    return output

@@ -31,11 +31,7 @@ import torch
 
 from .bind_network import rename_official_bind_key
 from .errors import WeightsError
-
-FORMAT_VERSION = 1
-CONFIG_NAME = "imagebind_llm.json"
-ADAPTER_NAME = "adapter.safetensors"
-LLM_DIR = "llm"
+from .folder_format import ADAPTER_NAME, CONFIG_NAME, FORMAT_VERSION, LLM_DIR, SENTENCEPIECE_NAME  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # Key tables
@@ -465,7 +461,6 @@ def find_tokenizer(base_folder: Path, explicit: Path | None) -> Path:
 # The tokenizer
 # ---------------------------------------------------------------------------------------------
 
-SENTENCEPIECE_NAME = "tokenizer.model"  # kept in llm/ beside the Hugging Face form, for decoding
 # Texts on which the converted tokenizer must give exactly SentencePiece's ids: whitespace runs and
 # leading spaces, newlines and tabs, characters NFKC changes, CJK, emoji, digits, combining marks,
 # special-token look-alikes, and the prompt template.

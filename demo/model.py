@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .bind_network import BindNetwork
-from .convert import CONFIG_NAME, FORMAT_VERSION
 from .errors import WeightsError
+from .folder_format import CONFIG_NAME, CONVERT_COMMAND, FORMAT_VERSION
 from .injection import GatedInjection, use_gated_attention
 
 # name -> kwargs of transformers.BitsAndBytesConfig
@@ -157,7 +157,7 @@ def in_ordinary_memory(module: nn.Module) -> None:
 
 INCOMPLETE_FIX = (
     "The converted folder is incomplete or damaged (an interrupted conversion or copy): convert again "
-    "into an empty folder (`python -m weights.convert --help`) or copy the whole folder again."
+    f"into an empty folder (`{CONVERT_COMMAND} --help`) or copy the whole folder again."
 )
 
 
@@ -166,7 +166,7 @@ def read_folder_config(folder: Path) -> dict:
     if not path.exists():
         raise WeightsError(
             f"{folder} is not a converted ImageBind-LLM folder (no {CONFIG_NAME}). "
-            "Run `python weights/convert.py --help` to make one from the released files."
+            f"Run `{CONVERT_COMMAND} --help` to make one from the released files."
         )
     try:
         meta = json.loads(path.read_text())
@@ -229,7 +229,7 @@ def check_complete(folder: Path, meta: dict) -> None:
 
 # Tokenizer classes a converted folder may name: the ones conversion writes (and older conversions wrote).
 TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast", "LlamaTokenizer", "LlamaTokenizerFast"}
-HOSTILE_FIX = "Convert the released files again (`python -m weights.convert --help`) rather than using a folder from elsewhere."
+HOSTILE_FIX = f"Convert the released files again (`{CONVERT_COMMAND} --help`) rather than using a folder from elsewhere."
 
 
 def _read_json(path: Path) -> dict:

@@ -156,9 +156,9 @@ def _mark_done(folder: Path, config) -> None:
 
 
 def build_cache(folder: Path, world: Path, entries: list[dict]) -> Path:
-    """`demo.cache.build_from_images` over the training images; sources are names relative to the
-    world folder, so the shipped sidecar names no machine's paths."""
-    from ..cache import build_from_images
+    """`demo.weights_tools.cache.build_from_images` over the training images; sources are names
+    relative to the world folder, so the shipped sidecar names no machine's paths."""
+    from ..weights_tools.cache import build_from_images
     from ..encoders.encoder import MultimodalEncoder
     from ..inputs.registry import load_input
 

@@ -1,9 +1,9 @@
 """Download the released ImageBind-LLM files (reference section 5), resumably, with progress bars.
 
-    python -m weights.download --list                 # what exists, sizes, where it goes
-    python -m weights.download release base           # what a converted 7B folder needs
-    python -m weights.download cache                  # the 13.3 GB visual cache (optional)
-    python -m weights.download unclip                 # Stable unCLIP for image output (optional)
+    ibllm download --list                 # what exists, sizes, where it goes
+    ibllm download release base           # what a converted 7B folder needs
+    ibllm download cache                  # the 13.3 GB visual cache (optional)
+    ibllm download unclip                 # Stable unCLIP for image output (optional)
 
 Files from the Hugging Face Hub go through huggingface_hub (resumes interrupted downloads,
 verifies LFS checksums); Meta's imagebind_huge.pth is fetched with a resumable HTTP download.
@@ -18,10 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python weights/download.py` as well as `python -m weights.download`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from demo.errors import WeightsError
+from ..errors import WeightsError
 
 GB = 1000**3
 
@@ -71,7 +68,7 @@ FILES: dict[str, RemoteFile] = {
                    patterns=("model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"), prefer_fp16=True),
     )
 }
-# What a user asks for -> files. "release" + "base" is everything `weights.convert` needs.
+# What a user asks for -> files. "release" + "base" is everything `ibllm convert` needs.
 GROUPS: dict[str, tuple[str, ...]] = {
     "release": ("adapter", "imagebind-3d"),
     "base": ("llama-7b", "chinese-delta", "chinese-delta-params"),
@@ -200,10 +197,10 @@ def resolve(names: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m weights.download",
+        prog="ibllm download",
         description=__doc__.split("\n\n")[0],
         epilog="Groups: " + "; ".join(f"{g} = {', '.join(ks)}" for g, ks in GROUPS.items() if g != "all")
-        + ". Then run `python -m weights.convert --help`.",
+        + ". Then run `ibllm convert --help`.",
     )
     parser.add_argument("names", nargs="*", default=["release", "base"], help="files or groups (default: release base)")
     parser.add_argument("--dest", type=Path, default=Path("weights/downloads"), help="download folder (default: %(default)s)")

@@ -1,6 +1,6 @@
 """Convert the released ImageBind-LLM files into a folder the app and library load.
 
-    python -m weights.convert --base weights/downloads/llama-7b \\
+    ibllm convert --base weights/downloads/llama-7b \\
         --delta weights/downloads/7B_chinese_delta --adapter weights/downloads/7B.pth \\
         --imagebind weights/downloads/imagebind_w3D.pth --out weights/converted/7B
 
@@ -15,14 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from demo.errors import WeightsError
+from ..errors import WeightsError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weights.convert", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ibllm convert", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, required=True, help="base LLaMA-1 7B folder (Meta or Hugging Face format)")
     parser.add_argument("--adapter", type=Path, required=True, help="the released 7B.pth")
@@ -39,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from demo.convert import convert
+    from ..convert import convert
 
     if args.imagebind and not args.imagebind.is_file():
         parser.error(f"--imagebind {args.imagebind} does not exist")
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"done: {out}\nrun: python app.py --weights {out}")
+    print(f"done: {out}\nrun: ibllm app --weights {out}")
     return 0
 
 

@@ -1,1 +1,0 @@
-"""Command-line tools for weights: `python -m weights.download`, `.convert`, `.cache`."""
