@@ -102,7 +102,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise WeightsError(
             f"cannot read {path}: {exc}. The file may be incomplete (an interrupted download): "
-            "check its size against weights/download.py and download it again."
+            "check its size against `ibllm download --list` and download it again."
         ) from exc
 
 

@@ -138,7 +138,7 @@ class ImageBindLLMPipeline:
         compile: bool = False,
         unclip_path: str | os.PathLike | None = None,
     ) -> "ImageBindLLMPipeline":
-        """Load a converted folder (see `weights/convert.py`) or the offline "tiny" preset.
+        """Load a converted folder (see `ibllm convert --help`) or the offline "tiny" preset.
 
         quantization: None, "8bit" or "4bit" (bitsandbytes, LLaMA only).
         cache_path: a faiss index for the visual cache; None leaves the cache off.
@@ -147,7 +147,7 @@ class ImageBindLLMPipeline:
         concurrency: requests decoded together in one batch (the engine's rows).
         compile: the fast path (static KV cache + torch.compile; CUDA graphs on a GPU). Off by
             default: on a CPU it compiles for minutes and is not faster (README, Engine).
-        unclip_path: a local Stable unCLIP folder (`python -m weights.download unclip`) for
+        unclip_path: a local Stable unCLIP folder (`ibllm download unclip`) for
             `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
             image output stays off.
         """
@@ -458,7 +458,7 @@ class ImageBindLLMPipeline:
 
             raise WeightsError(
                 "image output needs the Stable unCLIP weights (about 3.9 GB in fp16): run "
-                "`python -m weights.download unclip`, then load with "
+                "`ibllm download unclip`, then load with "
                 "`ImageBindLLMPipeline.from_pretrained(folder, unclip_path=\"weights/downloads/stable-diffusion-2-1-unclip\")` "
                 "or add \"unclip\": \"<that folder>\" to the folder's imagebind_llm.json"
             )

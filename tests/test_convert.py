@@ -148,7 +148,7 @@ def test_other_lora_rank_is_refused_unless_custom(tmp_path, tiny_release):
 
 
 def test_cli_custom_structure_flag(tmp_path, tiny_release, capsys):
-    from weights.convert import main
+    from demo.weights_tools.convert import main
 
     bad = _bad_adapter(tmp_path, tiny_release, drop=BLOCK_3)
     args = ["--base", str(tiny_release.llama_dir), "--adapter", str(bad), "--dtype", "float32"]

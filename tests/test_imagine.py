@@ -211,12 +211,12 @@ def test_bad_settings_fail_before_any_work(pipe, inputs):
 
 
 def test_without_unclip_weights_imagine_says_how_to_get_them(tiny_pipeline, inputs):
-    with pytest.raises(WeightsError, match="weights.download unclip"):
+    with pytest.raises(WeightsError, match="ibllm download unclip"):
         tiny_pipeline.imagine(inputs)
 
 
 def test_a_missing_unclip_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(WeightsError, match="weights.download unclip"):
+    with pytest.raises(WeightsError, match="ibllm download unclip"):
         UnCLIPGenerator.from_pretrained(tmp_path / "nowhere")
 
 
@@ -224,7 +224,7 @@ def test_a_partial_unclip_folder_says_to_download_again(unclip_folder, tmp_path)
     partial = shutil.copytree(unclip_folder, tmp_path / "partial")
     for weights in (partial / "unet").glob("diffusion_pytorch_model.*"):
         weights.unlink()  # an interrupted download
-    with pytest.raises(WeightsError, match="incomplete.*weights.download unclip"):
+    with pytest.raises(WeightsError, match="incomplete.*ibllm download unclip"):
         UnCLIPGenerator.from_pretrained(partial, device="cpu")
 
 
@@ -246,10 +246,10 @@ def test_a_generator_of_another_width_is_refused(pipe, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# weights.download unclip
+# ibllm download unclip
 # ---------------------------------------------------------------------------------------------
 def test_unclip_download_takes_the_diffusers_folder_in_fp16_only():
-    from weights import download
+    from demo.weights_tools import download
 
     repo = [  # the layout of stabilityai/stable-diffusion-2-1-unclip (weights in several forms)
         "model_index.json", "sd21-unclip-h.ckpt", "README.md",
@@ -272,7 +272,7 @@ def test_unclip_download_takes_the_diffusers_folder_in_fp16_only():
 def test_unclip_download_offline_says_what_to_do(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from weights import download
+    from demo.weights_tools import download
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -281,7 +281,7 @@ def test_unclip_download_offline_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_a_downloaded_fp16_folder_loads_on_the_cpu(unclip_folder, tmp_path):
-    """What `weights.download unclip` leaves (fp16 weights only) loads as float32 on a CPU."""
+    """What `ibllm download unclip` leaves (fp16 weights only) loads as float32 on a CPU."""
     from diffusers import StableUnCLIPImg2ImgPipeline
 
     folder = tmp_path / "fp16"

@@ -299,7 +299,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     except Exception as exc:  # damaged files raise RuntimeError, EOFError, IndexError, UnpicklingError...
         raise WeightsError(
             f"cannot read {path} as a torch state dict: the file is incomplete or damaged (an interrupted "
-            "download?). Download it again: `python -m weights.download imagebind-3d` (or imagebind-huge) "
+            "download?). Download it again: `ibllm download imagebind-3d` (or imagebind-huge) "
             f"resumes and checks the size. Details: {exc}"
         ) from exc
     # Checkpoints are sometimes wrapped: {"model": {...}} or {"state_dict": {...}}.

@@ -112,7 +112,7 @@ class UnCLIPGenerator(ImageGenerator):
     def from_pretrained(
         cls, folder: str | os.PathLike, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> "UnCLIPGenerator":
-        """Load a LOCAL diffusers folder (`python -m weights.download unclip`): float16 on a GPU,
+        """Load a LOCAL diffusers folder (`ibllm download unclip`): float16 on a GPU,
         float32 on the CPU (whose fp16 kernels are slow or missing). Never touches the network."""
         from diffusers import StableUnCLIPImg2ImgPipeline
 
@@ -120,11 +120,11 @@ class UnCLIPGenerator(ImageGenerator):
         if not (folder / "model_index.json").is_file():
             raise WeightsError(
                 f"no Stable unCLIP model at {folder} (model_index.json missing): download it with "
-                "`python -m weights.download unclip` and pass its folder (weights/downloads/stable-diffusion-2-1-unclip)"
+                "`ibllm download unclip` and pass its folder (weights/downloads/stable-diffusion-2-1-unclip)"
             )
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        # `weights.download unclip` keeps only the fp16 files where a component has them (half the
+        # `ibllm download unclip` keeps only the fp16 files where a component has them (half the
         # bytes): read those (diffusers takes the variant per component), upcast on the CPU. A full
         # copy of the repository is read in full precision for a float32 model.
         has_fp16 = any(folder.glob("*/*.fp16.*"))
@@ -135,7 +135,7 @@ class UnCLIPGenerator(ImageGenerator):
         except (OSError, ValueError, EnvironmentError) as exc:
             raise WeightsError(
                 f"cannot load the Stable unCLIP model from {folder}: {exc}. The folder is incomplete "
-                "(an interrupted download?): run `python -m weights.download unclip` again, it resumes."
+                "(an interrupted download?): run `ibllm download unclip` again, it resumes."
             ) from exc
         return cls(pipeline.to(device))
 
