@@ -3,7 +3,7 @@
 
 app:  ## start the web app on http://127.0.0.1:7860 (offline tiny preset unless weights are given)
 	bash scripts/setup.sh
-	.venv/bin/python app.py $(ARGS)
+	.venv/bin/ibllm app $(ARGS)
 
 test:  ## run the whole test suite (CPU, offline; installs Chromium for the browser test)
 	bash scripts/setup.sh --browser

@@ -292,7 +292,7 @@ def wire_api(pipe, defaults: GenerationConfig, limit: int) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(
-        description="ImageBind-LLM multimodal chat (Gradio web app).",
+        prog="python app.py", description="ImageBind-LLM multimodal chat (Gradio web app; also `ibllm app`).",
         epilog="Environment (used when the flag is not given; handy on Hugging Face Spaces): IBLLM_WEIGHTS (path) "
                "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE (cache path); "
                "GRADIO_ANALYTICS_ENABLED=True allows Gradio's telemetry (off by default). On Spaces (SPACE_ID set) "

@@ -1,0 +1,7 @@
+"""`python -m demo COMMAND ...`: the `ibllm` command line without installing the package."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
