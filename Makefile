@@ -1,7 +1,7 @@
 # The two commands of the README. Each one sets up what it needs on a fresh machine.
 .PHONY: app test
 
-app:  ## start the web app on http://127.0.0.1:7860 (offline tiny preset unless weights are given)
+app:  ## start the web app on http://127.0.0.1:7860 (the shipped pocket model, else the offline tiny preset; ARGS="--weights PATH" for others)
 	bash scripts/setup.sh
 	.venv/bin/ibllm app $(ARGS)
 

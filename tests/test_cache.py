@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -12,6 +15,7 @@ import torch
 from demo.cache import CacheConfig, VisualCache, sources_path
 from demo.errors import InputError, WeightsError
 
+ROOT = Path(__file__).resolve().parents[1]
 D = 32  # a small embedding size keeps every test well under a second
 
 
@@ -145,3 +149,15 @@ def test_cache_off_and_config(tmp_path):
     faiss.write_index(flat_index(clustered(40)), str(tmp_path / "ok.index"))
     cache = VisualCache.from_config(CacheConfig(enabled=True, index_path=str(tmp_path / "ok.index")), dim=D)
     assert cache.describe().startswith("on: 40 entries")
+
+
+def test_faiss_is_imported_only_when_a_cache_is_used():
+    # The cache is optional: the app and a pipeline without one start without loading faiss (~0.3 s, 100 MB of libraries).
+    code = (
+        "import sys, app\n"
+        "from demo.pipeline import ImageBindLLMPipeline\n"
+        "pipe = ImageBindLLMPipeline.from_pretrained('tiny')\n"
+        "assert pipe.cache is None and 'faiss' not in sys.modules, sorted(m for m in sys.modules if 'faiss' in m)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
