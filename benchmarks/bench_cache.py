@@ -5,12 +5,12 @@ Synthetic data shaped like image features: unit 1024-d vectors in clusters group
 - original: exact flat inner-product search, then `reconstruct` per neighbour in a Python loop
   (as the original demo does), then the section 8 blend;
 - flat: `VisualCache` on the same flat index (one search that also gives back the vectors);
-- compact: `VisualCache` on `demo.cache.compact(...)`, saved and loaded back like a user would.
+- compact: `VisualCache` on `demo.weights_tools.cache.compact(...)`, saved and loaded back like a user would.
 Targets for the compact cache: RAM <= 1/4 of flat fp32, top-10 recall >= 0.95 against exact
 search, cosine of the blended embedding to the exact one >= 0.999, single-query latency <= 10 ms.
 
-    .venv/bin/python benchmarks/bench_cache.py                     # 1M vectors, SQ7 and SQ8, ~5 min on 2 cores
-    .venv/bin/python benchmarks/bench_cache.py --n 200000 --codecs SQ7 SQ8 SQ6 SQ4 fp16
+    .venv/bin/python -m benchmarks.bench_cache                     # 1M vectors, two codecs, ~5 min on 2 cores
+    .venv/bin/python -m benchmarks.bench_cache --n 200000 --codecs SQ8 SQ6 SQ4 fp16 "PQ128x4fs,Refine(SQ8)"
 
 RAM is the size of the index file: faiss reads an index into memory whole.
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +27,8 @@ import faiss
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo.cache import VisualCache, compact  # noqa: E402
+from demo.cache import VisualCache
+from demo.weights_tools.cache import compact
 
 CHUNK = 65536  # vectors generated (and added) at a time, to keep RAM near one copy of the data
 
@@ -40,7 +39,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=200, help="queries for recall, cosine and compact latency")
     parser.add_argument("--original-queries", type=int, default=10, help="queries timed on the slow flat paths")
-    parser.add_argument("--codecs", nargs="+", default=["SQ7", "SQ8"], help="compact codecs to measure (SQ7 SQ8 SQ6 SQ4 fp16)")
+    parser.add_argument("--codecs", nargs="+", default=["SQ8", "PQ128x4fs,Refine(SQ8)"],
+                        help="compact codecs to measure: SQ8 SQ6 SQ4 fp16 or faiss factory codes (default: %(default)s)")
     parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32], help="IVF lists searched per query, one row each")
     parser.add_argument("--k", type=int, default=10)

@@ -7,8 +7,8 @@
 `build` writes a flat inner-product index of unit vectors and `<output>.sources.jsonl` (where each
 entry came from). It checkpoints as it goes: run the same command again to resume (an unreadable
 image stops the build and is named: move it away, then resume; new images may be added). `compact`
-re-encodes a cache (the official 13.3 GB knn.index included) as 7-bit codes found through an IVF
-index by default: under a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures
+re-encodes a cache (the official 13.3 GB knn.index included) as 8-bit codes found through an IVF
+index by default: about a quarter of the RAM, same entry ids (benchmarks/bench_cache.py measures
 the trade-offs).
 """
 
@@ -188,8 +188,9 @@ def _sync(*files) -> None:
 # Compacting a cache
 
 
-# our name -> faiss factory code of the IVF lists' codes. "SQ7" is built by hand (see `_compact_sq7`).
-CODECS = {"SQ7": None, "SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
+# our name -> faiss factory code of the IVF lists' codes. Any other faiss factory code may be given
+# as the codec too, e.g. "PQ128x4fs,Refine(SQ8)": 4-bit fast-scan candidates re-scored on SQ8 codes.
+CODECS = {"SQ8": "SQ8", "SQ6": "SQ6", "SQ4": "SQ4", "fp16": "SQfp16"}
 
 
 def compact(
@@ -205,18 +206,15 @@ def compact(
 ) -> "faiss.Index":
     """Re-encode a cache index as IVF with compressed codes; entry ids stay the same.
 
-    codec: "SQ8" (the default: 8 bits a dimension, 0.253x the RAM of fp32 with faiss's 8-byte ids
-    counted, top-10 recall 0.98), "SQ7" (7 bits, 0.238x, recall 0.96 on in-distribution queries
-    but much worse than SQ8 for queries far from every entry, e.g. audio or text against image
-    features, the cache's main use: recall 0.37 vs 0.85 in a synthetic test), "SQ6" (0.19x,
-    recall 0.93), "SQ4" or "fp16"; measured on 1M clustered vectors by benchmarks/bench_cache.py.
+    codec: "SQ8" (the default: 8 bits a dimension, 0.255x the RAM of fp32 with faiss's 8-byte ids
+    counted, top-10 recall 0.99), "SQ6" (0.19x, recall 0.93), "SQ4", "fp16", or a faiss factory
+    code for the lists' codes: "PQ128x4fs,Refine(SQ8)" (0.27x, recall 0.98) scans 4-bit codes and
+    re-scores `k_factor` candidates per neighbour on SQ8 codes, ~10x faster than "SQ8" at 3M
+    entries; measured on clustered 1024-d vectors by benchmarks/bench_cache.py.
     nlist defaults to sqrt(n) rounded to a power of two; the coarse quantizer (and the codes' ranges)
     are trained on `train_size` vectors (39 * nlist by default, faiss's minimum without a warning).
-    k_factor (SQ7 only, saved in the file): candidates re-scored on the 7-bit codes per neighbour
-    asked for; more cost ~1 us each per query.
+    k_factor (codes with a Refine stage only, saved in the file): candidates re-scored per neighbour asked for.
     """
-    if codec not in CODECS:
-        raise InputError(f"codec={codec!r} is not one of {', '.join(CODECS)}")
     if k_factor < 1:
         raise InputError(f"k_factor={k_factor} must be at least 1")
     total = index.ntotal
@@ -224,66 +222,23 @@ def compact(
     if total < nlist:
         raise InputError(f"nlist={nlist} is larger than the cache ({total} entries)")
     train_size = min(total, train_size or 39 * nlist)
+    try:  # inner product on unit vectors: scores are the similarities, whatever the source metric was
+        out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS.get(codec, codec)}", faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise InputError(f"codec={codec!r} is not one of {', '.join(CODECS)} nor a faiss factory code ({str(error).splitlines()[0]})") from None
+    refine = faiss.downcast_index(out)  # a view of `out` as its own class; `out` keeps the ownership
+    if isinstance(refine, faiss.IndexRefine):
+        refine.k_factor = k_factor
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.make_direct_map()  # an IVF source gives back vectors by id only through a direct map
 
     sample = np.sort(np.random.default_rng(0).choice(total, train_size, replace=False))  # [train_size]
-    sample = index.reconstruct_batch(sample)  # [train_size, D]
-    batches = tqdm(range(0, total, batch_size), desc="compacting cache", unit="batch", disable=not progress)
-    read = (index.reconstruct_n(start, min(batch_size, total - start)) for start in batches)  # [batch, D] each, in id order
-    if codec == "SQ7":
-        out = _compact_sq7(sample, read, nlist, k_factor)
-    else:
-        # Inner product on unit vectors: scores are the similarities, whatever the source metric was.
-        out = faiss.index_factory(index.d, f"IVF{nlist},{CODECS[codec]}", faiss.METRIC_INNER_PRODUCT)
-        out.train(sample)
-        for vectors in read:
-            out.add(vectors)  # ids continue in order
+    out.train(index.reconstruct_batch(sample))  # [train_size, D]
+    for start in tqdm(range(0, total, batch_size), desc="compacting cache", unit="batch", disable=not progress):
+        out.add(index.reconstruct_n(start, min(batch_size, total - start)))  # [batch, D], ids continue in order
     faiss.extract_index_ivf(out).nprobe = nprobe  # saved in the file
     return out
-
-
-def _compact_sq7(sample: np.ndarray, batches, nlist: int, k_factor: int) -> "faiss.Index":
-    """SQ7: every entry as 7 bits a dimension (uniform between the sample's per-dimension min and max),
-    found through a small IVF index of 4-bit PQ codes.
-
-    Faiss has 4-, 6- and 8-bit scalar quantizers, and 8 bits for all 1024 dimensions plus the 8-byte
-    id an IVF list keeps for each entry is just over a quarter of fp32. So the codes live in a flat
-    `IndexPQ` with one dimension per sub-quantizer and 128 evenly spaced centroids (a 7-bit scalar
-    quantizer; no ids: an entry's id is its position), which faiss decodes and scores by itself; we
-    only write the codes, since faiss's own PQ encoder is ~1 ms a vector at this size. The IVF index
-    (`IVF{nlist},PQ{d/8}x4fs`, 64 + 8 bytes an entry at 1024-d) proposes `k_factor * k`
-    candidates, which `IndexRefine` re-scores on the 7-bit codes: scores are exact inner products
-    with the vectors given back.
-    """
-    dim = sample.shape[1]
-    low, high = sample.min(axis=0), sample.max(axis=0)  # [D] each
-    step = np.maximum(high - low, 1e-6) / 128  # [D]
-    codes = faiss.IndexPQ(dim, dim, 7, faiss.METRIC_INNER_PRODUCT)
-    centroids = low[:, None] + (np.arange(128) + 0.5) * step[:, None]  # [D, 128]: sub-quantizer j is dimension j
-    faiss.copy_array_to_vector(centroids.astype(np.float32).ravel(), codes.pq.centroids)
-    codes.is_trained = True
-    sub = max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)  # 128 at 1024-d: 8 dims a sub-quantizer
-    candidates = faiss.index_factory(dim, f"IVF{nlist},PQ{sub}x4fs", faiss.METRIC_INNER_PRODUCT)
-    candidates.train(sample)
-    for vectors in batches:
-        candidates.add(vectors)
-        codes.add_sa_codes(_sq7_codes(vectors, low, step))
-    out = faiss.IndexRefine(candidates, codes)
-    out.own_fields = True  # `out` frees both; Python must not (it would free them when this returns)
-    candidates.this.disown()
-    codes.this.disown()
-    out.k_factor = k_factor
-    return out
-
-
-def _sq7_codes(vectors: np.ndarray, low: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """[n, D] -> [n, 7 * D / 8] bytes: each dimension's nearest of the 128 centroids (index floor((x - low) / step),
-    clipped), packed 7 bits after 7 bits, least significant first, as faiss's PQ codes are."""
-    nearest = np.clip(np.floor((vectors - low) / step), 0, 127).astype(np.uint8)  # [n, D]
-    bits = np.unpackbits(nearest[..., None], axis=-1, count=7, bitorder="little")  # [n, D, 7]
-    return np.packbits(bits.reshape(len(vectors), -1), axis=1, bitorder="little")  # [n, ceil(7 D / 8)]
 
 
 def compact_index(source: str | os.PathLike, output: str | os.PathLike, *, dim: int = EMBED_DIM, **options) -> Path:
@@ -325,13 +280,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     shrink.add_argument("source", type=Path, help="the cache index to read (mapped from disk, not loaded into RAM)")
     shrink.add_argument("output", type=Path, help="the compact index to write")
     shrink.add_argument(
-        "--codec", choices=list(CODECS), default="SQ8",
-        help="vector codes: SQ8 (default: 8 bits a dimension, 0.253x fp32 RAM), SQ7 (0.238x; weaker for queries far "
-             "from every entry, e.g. audio/text against images), SQ6 (0.19x, lower recall), SQ4, fp16",
+        "--codec", default="SQ8",
+        help="vector codes: SQ8 (default: 8 bits a dimension, 0.255x fp32 RAM), SQ6 (0.19x, lower recall), SQ4, fp16, "
+             "or a faiss factory code such as 'PQ128x4fs,Refine(SQ8)' (0.27x, ~10x faster searches at 3M entries)",
     )
     shrink.add_argument("--nlist", type=int, default=None, help="IVF lists (default: sqrt(n) as a power of two)")
     shrink.add_argument("--nprobe", type=int, default=32, help="lists searched per query, saved in the file (default 32)")
-    shrink.add_argument("--k-factor", type=int, default=32, help="SQ7: candidates re-scored per neighbour asked for, saved in the file (default 32)")
+    shrink.add_argument("--k-factor", type=int, default=32, help="codes with a Refine stage: candidates re-scored per neighbour asked for, saved in the file (default 32)")
     shrink.add_argument("--train-size", type=int, default=None, help="vectors to train the lists on (default 39 * nlist)")
     shrink.add_argument("--dim", type=int, default=EMBED_DIM, help=f"embedding size (default {EMBED_DIM})")
     shrink.add_argument("--no-progress", action="store_true", help="hide the progress bar")
