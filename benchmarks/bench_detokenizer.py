@@ -1,6 +1,6 @@
 """Streaming cost per token at 32 vs 512 new tokens. Prints numbers; asserts nothing.
 
-    python benchmarks/bench_detokenizer.py
+    python -m benchmarks.bench_detokenizer
 
 1. Text only: the incremental `Detokenizer` vs re-decoding the whole answer at every token (the
    previous method), on the same ids (English pieces mixed with Chinese byte-fallback runs, as
@@ -15,15 +15,11 @@ Best of several repeats, alternating the two lengths, measured side by side in o
 from __future__ import annotations
 
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch
 
 
 def answer_ids(tokenizer, n: int, seed: int = 0) -> list[int]:

@@ -1,6 +1,6 @@
 """Encoder timings and memory on this machine (CPU, random weights, nothing downloaded).
 
-    .venv/bin/python benchmarks/bench_encoders.py [--skip-huge] [--repeats 5]
+    .venv/bin/python -m benchmarks.bench_encoders [--skip-huge] [--repeats 5]
 
 Prints: per-modality encode time of the tiny encoder, FPS + kNN grouping time for one
 8192-point cloud at the released sizes, one forward of an ImageBind-Huge-sized vision tower, and
@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from demo.encoders.encoder import EncoderConfig, MultimodalEncoder  # noqa: E402
-from demo.encoders.imagebind_import import import_imagebind_model  # noqa: E402
-from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, group_points  # noqa: E402
+from demo.encoders.encoder import EncoderConfig, MultimodalEncoder
+from demo.encoders.imagebind_import import import_imagebind_model
+from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, group_points
 
 SAMPLES: dict[str, Callable[[], torch.Tensor]] = {
     "image": lambda: torch.randn(3, 224, 224),

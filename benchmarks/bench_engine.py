@@ -1,8 +1,8 @@
 """Throughput of the generation engine on the CPU. Prints numbers; asserts nothing.
 
-    python benchmarks/bench_engine.py                       # tiny + medium, eager; compiled on tiny
-    python benchmarks/bench_engine.py --compile-sizes tiny medium --tokens 32
-    python benchmarks/bench_engine.py --device cuda --dtype float16 --sizes 1b --compile-sizes 1b \
+    python -m benchmarks.bench_engine                       # tiny + medium, eager; compiled on tiny
+    python -m benchmarks.bench_engine --compile-sizes tiny medium --tokens 32
+    python -m benchmarks.bench_engine --device cuda --dtype float16 --sizes 1b --compile-sizes 1b \
         [--quantization int8-weight-only|8bit|4bit]                     # the same on a GPU
 
 1. Aggregate tokens/s for 1, 2, 4, 8 concurrent requests, each with its own conditioning
@@ -23,18 +23,13 @@ CPU cores, no GPU).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+import torch
 
-import torch  # noqa: E402
-
-from bench_model import SIZES, _NoEos, build  # noqa: E402
+from benchmarks.bench_model import SIZES, _NoEos, build
 
 
 def _requests(model, count: int, tokens: int, conditioned: bool = True):

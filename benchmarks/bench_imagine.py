@@ -2,7 +2,7 @@
 smoke timing of the tiny random unCLIP (its pictures are noise; the number only shows the path
 runs and what a step costs at toy size).
 
-    .venv/bin/python benchmarks/bench_imagine.py            # ~1 min on 2 shared CPU cores
+    .venv/bin/python -m benchmarks.bench_imagine            # ~1 min on 2 shared CPU cores
 
 Memory is COMPUTED, not measured: parameters counted by building each component of
 stabilityai/stable-diffusion-2-1-unclip from its configuration on the meta device (no weights,
@@ -12,14 +12,11 @@ no download), times 2 bytes for fp16. Activations come on top (not computed here
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The released checkpoint's component configurations (SD 2.1-v UNet with a projection class
 # embedding of 2 x 1024, OpenCLIP ViT-H/14 text (23 of 24 layers used) and vision towers, SD VAE).

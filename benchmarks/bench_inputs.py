@@ -1,6 +1,6 @@
 """Preprocessing time per modality on the example files, and point-cloud reduction time.
 
-    .venv/bin/python benchmarks/bench_inputs.py
+    .venv/bin/python -m benchmarks.bench_inputs
 
 Each number is the median of several runs after one warm-up (which pays imports and caches).
 """
@@ -8,7 +8,6 @@ Each number is the median of several runs after one warm-up (which pays imports 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from demo.inputs import load_input
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-from demo.inputs import load_input  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 CASES = [

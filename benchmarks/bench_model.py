@@ -1,7 +1,7 @@
 """Speed and memory of the gated LLM. Prints numbers; asserts nothing.
 
-    python benchmarks/bench_model.py                 # decode overhead + tiny/medium memory + 7B estimate
-    python benchmarks/bench_model.py --sizes tiny 1b # add the ~1B random config (several GB of disk, minutes)
+    python -m benchmarks.bench_model                 # decode overhead + tiny/medium memory + 7B estimate
+    python -m benchmarks.bench_model --sizes tiny 1b # add the ~1B random config (several GB of disk, minutes)
 
 1. Decode speed of the same converted weights with the injection active vs not, in one run,
    alternating, and their ratio (target: overhead <= 3% per token).
@@ -21,10 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch
 
 # Meta params.json sizes. "medium" decodes slowly enough on CPU for a stable timing.
 SIZES = {
@@ -98,10 +95,11 @@ def decode_speed(folder: Path, tokens: int, rounds: int) -> None:
 
 CHILD = """
 import ctypes, resource, sys, psutil, torch, transformers, bitsandbytes
-sys.path.insert(0, {root!r})
 from demo.model import ImageBindLLM
 from demo.config import GenerationConfig
 from demo.generation import GenerationState, stream_tokens
+
+ROOT = Path(__file__).resolve().parents[1]
 ctypes.CDLL("libc.so.6").malloc_trim(0)
 before = psutil.Process().memory_info().rss
 m = ImageBindLLM.from_pretrained({folder!r}, device="cpu", quantization={quant!r})
@@ -117,8 +115,8 @@ print((after - before) / 2**20, resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 def peak_memory(folder: Path) -> None:
     """Resident memory the model adds to a process that already imported torch & co."""
     for quant in (None, "8bit", "4bit"):
-        code = CHILD.format(root=str(ROOT), folder=str(folder), quant=quant)
-        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        code = CHILD.format(folder=str(folder), quant=quant)
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)  # `demo` from this checkout
         if result.returncode:
             print(f"memory, {folder.name}, {quant or 'fp32'}: failed: {result.stderr.strip().splitlines()[-1]}")
             continue

@@ -1,8 +1,8 @@
 """Training speed on CPU, and what the feature cache saves. Prints numbers; asserts nothing.
 
-    python benchmarks/bench_train.py                 # tiny preset + medium random config
-    python benchmarks/bench_train.py --sizes tiny    # tiny only (seconds)
-    python benchmarks/bench_train.py --huge          # + one image through a random ImageBind-Huge vision tower
+    python -m benchmarks.bench_train                 # tiny preset + medium random config
+    python -m benchmarks.bench_train --sizes tiny    # tiny only (seconds)
+    python -m benchmarks.bench_train --huge          # + one image through a random ImageBind-Huge vision tower
 
 1. Feature extraction: images per second (load + preprocess + encode), tiny ImageBind.
 2. Stage-1 optimizer steps per second with cached features vs encoding the batch's images at
@@ -14,15 +14,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
+import torch
 
 SIZES = {
     "tiny": None,  # demo.tiny's own params

@@ -1,9 +1,9 @@
 """Load test: N concurrent gradio_client users against `python app.py` (tiny preset) on loopback.
 
-    .venv/bin/python benchmarks/load_test.py                          # 8 users, 200 requests
-    .venv/bin/python benchmarks/load_test.py --users 16 --max-queue 4 --requests 200
-    .venv/bin/python benchmarks/load_test.py --attack                 # bad-input corpus + attacks
-    .venv/bin/python benchmarks/load_test.py --openai [--ray-replicas N]  # the OpenAI API (openai_load.py)
+    .venv/bin/python -m benchmarks.load_test                          # 8 users, 200 requests
+    .venv/bin/python -m benchmarks.load_test --users 16 --max-queue 4 --requests 200
+    .venv/bin/python -m benchmarks.load_test --attack                 # bad-input corpus + attacks
+    .venv/bin/python -m benchmarks.load_test --openai [--ray-replicas N]  # the OpenAI API (openai_load.py)
 
 Starts its own server on a free 127.0.0.1 port (nothing else is contacted) with the app's bounded
 queue, and sends a fixed number of /chat requests (text-only, image, audio in turn) from N
@@ -32,13 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+from scripts.local_app import LocalApp
 
-from local_app import LocalApp  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MiB = 2**20
-sys.path.insert(0, str(ROOT / "scripts"))
 INPUTS = [([], []), ([ROOT / "examples" / "chelsea.png"], ["image"]), ([ROOT / "examples" / "speech.wav"], ["audio"])]
 
 

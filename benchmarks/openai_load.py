@@ -1,7 +1,7 @@
 """`load_test.py --openai`: N concurrent `openai` clients against `python -m demo.serve` on loopback.
 
-    .venv/bin/python benchmarks/load_test.py --openai --users 8 --requests 64
-    .venv/bin/python benchmarks/load_test.py --openai --ray-replicas 1    # then 2: Ray Serve on CPU
+    .venv/bin/python -m benchmarks.load_test --openai --users 8 --requests 64
+    .venv/bin/python -m benchmarks.load_test --openai --ray-replicas 1    # then 2: Ray Serve on CPU
 
 Starts the server itself (tiny preset, a free 127.0.0.1 port), warms it, then sends a fixed number
 of streamed chat requests (text-only, image, audio in turn) from N threads. Counts completed,

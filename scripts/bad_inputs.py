@@ -1,11 +1,11 @@
 """A corpus of broken, hostile and oversized input files, and runners that feed it to the library
 or to a running app, checking that every case ends the way a public demo promises.
 
-    .venv/bin/python scripts/bad_inputs.py /tmp/corpus                  # write the corpus, list it
-    .venv/bin/python scripts/bad_inputs.py /tmp/corpus --library         # ... and run it in-process
-    .venv/bin/python scripts/bad_inputs.py /tmp/corpus --url http://127.0.0.1:7860/
-    .venv/bin/python scripts/bad_inputs.py /tmp/corpus --serve           # ... through its own app.py
-    .venv/bin/python scripts/bad_inputs.py /tmp/corpus --full --library  # bigger files (minutes)
+    .venv/bin/python -m scripts.bad_inputs /tmp/corpus                  # write the corpus, list it
+    .venv/bin/python -m scripts.bad_inputs /tmp/corpus --library         # ... and run it in-process
+    .venv/bin/python -m scripts.bad_inputs /tmp/corpus --url http://127.0.0.1:7860/
+    .venv/bin/python -m scripts.bad_inputs /tmp/corpus --serve           # ... through its own app.py
+    .venv/bin/python -m scripts.bad_inputs /tmp/corpus --full --library  # bigger files (minutes)
 
 Each case is a file with the modality it is sent as and what must happen:
   error   a clear error: InputError from the library, AppError from the app, naming the file;
@@ -16,7 +16,7 @@ Every case must also finish within its time budget. The default corpus (about 11
 135 MiB) is sized so the test suite runs it in well under a minute; --full adds bigger and slower
 cases (a 10-gigapixel bomb, 10 minutes at 48 kHz, clouds and IMU series one over the limits).
 Cases marked `hostile` are tiny files built to cost gigabytes or minutes without the per-request
-budget (issue 12): `benchmarks/load_test.py --attack` sends them while another user is served.
+budget (issue 12): `python -m benchmarks.load_test --attack` sends them while another user is served.
 """
 
 from __future__ import annotations
@@ -447,7 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.0.0.1", "http://localhost")):
         parser.error("--url must be a loopback address: this script sends hostile files")
-    sys.path.insert(0, str(ROOT))
     cases = generate(args.out, full=args.full)
     total = sum(case.path.stat().st_size for case in cases if case.path.exists())
     print(f"{len(cases)} cases, {total / 2**20:.1f} MiB in {args.out}")

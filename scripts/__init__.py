@@ -1,0 +1,1 @@
+"""Developer scripts: run from the checkout root, e.g. `python -m scripts.bad_inputs /tmp/corpus`."""
