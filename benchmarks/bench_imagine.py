@@ -54,7 +54,7 @@ def real_parameter_counts() -> dict[str, int]:
 
 def smoke(steps: int, size: int, repeats: int) -> list[float]:
     from demo.imagine import ImageSettings, UnCLIPGenerator
-    from demo.imagine.tiny import write_tiny_unclip
+    from tests.tiny_unclip import write_tiny_unclip  # a test-only builder: run from the checkout root
 
     with tempfile.TemporaryDirectory() as tmp:
         generator = UnCLIPGenerator.from_pretrained(write_tiny_unclip(tmp, 1024), device="cpu")

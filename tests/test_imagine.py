@@ -21,9 +21,9 @@ from demo.cancel import CancelToken
 from demo.errors import Cancelled, InputError, WeightsError
 from demo.imagine import ImageSettings, UnCLIPGenerator
 from demo.imagine.embedding import blend_keeping_norm, mix_unnormalised, scaled_embedding
-from demo.imagine.tiny import write_tiny_unclip
 from demo.inputs.registry import load_input
 from demo.pipeline import ImageBindLLMPipeline, InputItem
+from tiny_unclip import write_tiny_unclip  # tests/tiny_unclip.py: test-only, not in the library
 
 SMALL = dict(steps=2, size=32)  # fast settings for the tiny model
 

@@ -2,7 +2,6 @@
 
 embedding.py  the vector of reference section 13 (pre-normalisation embeddings, norm kept)
 generator.py  ImageGenerator (the interface), ImageSettings, UnCLIPGenerator (Stable unCLIP)
-tiny.py       a tiny random unCLIP folder for tests and benchmarks
 """
 
 from .generator import ImageGenerator, ImageSettings, UnCLIPGenerator

@@ -4,7 +4,7 @@ The same components as diffusers' own fast tests of StableUnCLIPImg2ImgPipeline
 (`get_dummy_components`), except that the image-embedding width is the ImageBind model's
 (1024 for the release and the tiny preset) and the tokenizer is written here instead of being
 downloaded: a byte-level CLIP vocabulary with no merges (every byte its own token).
-For tests and benchmarks; its pictures are noise.
+For tests and benchmarks (never used at run time, hence here); its pictures are noise.
 """
 
 from __future__ import annotations
