@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run as a script from anywhere
+HERE = Path(__file__).resolve().parent  # `demo` comes from the installed checkout (scripts/setup.sh: pip install -e .)
 
 
 def make_speech() -> None:
