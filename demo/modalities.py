@@ -165,6 +165,35 @@ def api_reference() -> str:
     return "\n".join(f"- `{m.name}` ({' '.join(m.suffixes)}): {m.api}" for m in MODALITIES.values())
 
 
+def documented(function: Callable) -> Callable:
+    """Decorator for API functions whose docstring names the modalities: "{modalities}" in it
+    becomes `names_in_words()` (at definition time), so tool docs (MCP, /chat) follow the table."""
+    if function.__doc__:
+        function.__doc__ = function.__doc__.replace("{modalities}", names_in_words())
+    return function
+
+
+# The block of a Markdown file that `write_reference` keeps equal to `api_reference()`.
+DOC_BEGIN, DOC_END = "<!-- modalities: begin (written by demo.modalities.write_reference) -->", "<!-- modalities: end -->"
+
+
+def write_reference(path) -> bool:
+    """Rewrite the block between DOC_BEGIN and DOC_END of a Markdown file (docs/api.md) from the
+    table; returns whether the file changed. Tests check the block is current."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text()
+    head, begin, rest = text.partition(DOC_BEGIN)
+    _, end, tail = rest.partition(DOC_END)
+    if not begin or not end:
+        raise ValueError(f"{path} has no {DOC_BEGIN} ... {DOC_END} block")
+    new = f"{head}{DOC_BEGIN}\n{api_reference()}\n{DOC_END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 class Column(Mapping):
     """A live, read-only view name -> one value per row (rows registered later included)."""
 
