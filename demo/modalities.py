@@ -72,6 +72,9 @@ class Modality:
     api: str  # one line for API documentation: what a file of this modality is
     capture: tuple[str, ...] = ("upload",)  # subset of CAPTURE_KINDS
     limits_key: str = ""  # prefix of its `InputLimits` fields (`<key>_max_bytes`); default: the name
+    # A file a browser can show, for inputs it cannot show itself: "module:function" taking
+    # (source, limits, directory=) and returning a new file's path; "" for none.
+    preview: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.capture) - set(CAPTURE_KINDS)
@@ -93,10 +96,17 @@ class Modality:
 
     def load_function(self) -> "Loader":
         """The loader itself, imported on first use."""
-        if callable(self.loader):
-            return self.loader
-        module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return self.loader if callable(self.loader) else _import(self.loader)
+
+    def preview_function(self) -> Callable | None:
+        """The preview maker (see `preview`), imported on first use; None when there is none."""
+        return _import(self.preview) if self.preview else None
+
+
+def _import(reference: str) -> Callable:
+    """"package.module:function" -> the function."""
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def _image_like(name: str, label: str, icon: str, suffixes: tuple[str, ...], api: str, **extra) -> Modality:
@@ -122,7 +132,8 @@ _ROWS = (
              capture=("upload", "typed")),
     Modality("point", "Point cloud", "🧊", "point", (".ply", ".pcd", ".xyz", ".pts", ".npy", ".npz", ".obj", ".pt"),
              SampleShape(("point_count", 3), any_first=True, axes="points, xyz"),
-             "demo.inputs.points:load_points", "a 3D point cloud or mesh (x, y, z per point)"),
+             "demo.inputs.points:load_points", "a 3D point cloud or mesh (x, y, z per point)",
+             preview="demo.inputs.preview:point_cloud_preview"),
     _image_like("depth", "Depth", "🌊", (".png", ".npy", ".tif", ".tiff"), "a depth map (16-bit PNG in millimetres, or metres as .npy)"),
     _image_like("thermal", "Thermal", "🌡️", (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"), "a thermal (infrared) image"),
     Modality("imu", "IMU", "📈", "imu", (".npy", ".csv"), SampleShape(("imu_channels", "imu_steps"), axes="acc xyz + gyro xyz, time"),

@@ -67,6 +67,31 @@ def test_a_registered_row_shows_up_everywhere(sonar, encoder, tmp_path):
         encoder.encode("sonar", torch.zeros(3, 1, 128, 200))
 
 
+def test_a_row_with_a_preview_gets_one_in_a_session_mix(tmp_path):
+    from dataclasses import replace
+
+    from demo.chat_session import new_input
+
+    made = []
+
+    def preview(source, limits, directory=None):
+        made.append(Path(directory) / "echo.png")
+        made[-1].write_bytes(b"png")
+        return made[-1]
+
+    path = tmp_path / "echo.sonar"
+    path.write_bytes(b"")
+    register_modality(replace(SONAR, preview=f"{__name__}:preview_for_test"))
+    globals()["preview_for_test"] = preview
+    try:
+        entry = new_input(path, work_dir=tmp_path)
+        assert entry.modality == "sonar" and entry.preview == str(made[0]) and entry.owned == [str(made[0])]
+    finally:
+        unregister_modality("sonar")
+        del globals()["preview_for_test"]
+    assert new_input(path.with_suffix(".wav")).preview is None  # audio: the browser plays it itself
+
+
 def test_documented_fills_the_names_from_the_table(sonar):
     @documented
     def tool():
@@ -88,7 +113,7 @@ def test_a_row_for_a_missing_tower_names_it(encoder):
 def test_every_row_is_complete():
     for name, row in MODALITIES.items():
         assert row.name == name and row.icon and row.api and row.capture
-        assert callable(row.load_function())
+        assert callable(row.load_function()) and (not row.preview or callable(row.preview_function()))
         assert all(isinstance(n, int) and n > 0 for n in row.shape.resolve())
         assert row.max_bytes(InputLimits()) > 0  # its limits key names a real InputLimits field
     with pytest.raises(ValueError, match="unknown capture kinds"):

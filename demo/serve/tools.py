@@ -28,7 +28,7 @@ def describe_inputs(pipe: ImageBindLLMPipeline, question: str, paths: Sequence[s
     each file's modality, one of {modalities}, from its suffix). Checked as the app's /chat checks its arguments."""
     request = ChatRequest.parse(question, list(paths), None, None if weights is None else list(weights),
                                 limits=pipe.limits, generation_defaults=pipe.generation_defaults,
-                                cache_defaults=pipe.cache_defaults)
+                                cache_defaults=pipe.retrieval_defaults)
     return pipe(request.question, request.inputs, generation=request.generation, cache=request.cache).text
 
 
