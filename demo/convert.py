@@ -116,6 +116,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class LlamaShape:
+    """The sizes of a base LLaMA, read from its tensors and params.json / config.json."""
+
     dim: int
     n_layers: int
     n_heads: int
