@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Any, Union
 
-from demo.encoders.preprocess import RELEASE, PreprocessConfig
+from demo.preprocess import RELEASE, PreprocessConfig
 
-if TYPE_CHECKING:
-    from demo.inputs.registry import Loader
+# A loader: (source, limits: InputLimits, cancel: CancelToken | None) -> one sample, a CPU tensor
+# laid out as its row's `shape` (demo/inputs/*.py; `demo.inputs.load_input` calls them).
+Loader = Callable[..., Any]
 
 # One axis of a sample: a fixed number, or the name of a `PreprocessConfig` attribute (so the
 # layout follows the encoder's own preprocessing settings).
@@ -68,7 +69,7 @@ class Modality:
     shape: SampleShape
     # The loader: "module:function" (imported on first use) or the function itself, taking
     # (source, limits, cancel) and returning one sample laid out as `shape`.
-    loader: "str | Loader"
+    loader: str | Loader
     api: str  # one line for API documentation: what a file of this modality is
     capture: tuple[str, ...] = ("upload",)  # subset of CAPTURE_KINDS
     limits_key: str = ""  # prefix of its `InputLimits` fields (`<key>_max_bytes`); default: the name
@@ -94,7 +95,7 @@ class Modality:
         """This modality's file size limit in `limits` (an `InputLimits`)."""
         return int(getattr(limits, f"{self.limits_key}_max_bytes"))
 
-    def load_function(self) -> "Loader":
+    def load_function(self) -> Loader:
         """The loader itself, imported on first use."""
         return self.loader if callable(self.loader) else _import(self.loader)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from demo.encoders.encoder import EncoderConfig, MultimodalEncoder
-from demo.encoders.preprocess import RELEASE, PreprocessConfig
+from demo.preprocess import RELEASE, PreprocessConfig
 from demo.errors import InputError, WeightsError
 from demo.inputs import LOADERS, InputLimits, load_input
 from demo.modalities import (DOC_BEGIN, DOC_END, ICONS, MODALITIES, Modality, SampleShape, api_reference, documented,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from demo.cancel import CancelToken, check
 from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, is_point_key, load_point_bind, load_strictly
-from demo.encoders.preprocess import PreprocessConfig
+from demo.preprocess import PreprocessConfig
 from demo.errors import InputError, WeightsError
 from demo.modalities import MODALITIES, get_modality
 
@@ -63,7 +63,7 @@ class EncoderConfig:
     """The encoder's whole description, saved as `encoder_config.json` beside its weights.
 
     imagebind: ImageBindModel keyword arguments. point: the point encoder's sizes (None: no point
-    encoder). preprocess: how inputs are prepared for these towers (`demo.encoders.preprocess`;
+    encoder). preprocess: how inputs are prepared for these towers (`demo.preprocess`;
     a file written before this field existed holds the release's)."""
 
     imagebind: dict[str, Any]

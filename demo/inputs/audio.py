@@ -21,12 +21,12 @@ import math
 import torch
 
 from demo.cancel import CancelToken, check
-from demo.encoders.preprocess import RELEASE
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, clip_start_times, describe, require_finite
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
-# The release's preprocessing (demo.encoders.preprocess).
+# The release's preprocessing (demo.preprocess).
 SAMPLE_RATE = RELEASE.audio_sample_rate
 CLIP_SECONDS = RELEASE.audio_clip_seconds
 NUM_CLIPS = RELEASE.audio_clips

@@ -12,16 +12,16 @@ import numpy as np
 import torch
 
 from demo.cancel import CancelToken, check
-from demo.encoders.preprocess import RELEASE
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, check_shape, describe, is_path
 from demo.inputs.limits import InputLimits
 from demo.modalities import get_modality
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     from PIL import Image
 
-# The release's preprocessing (demo.encoders.preprocess): CLIP's size and normalisation.
+# The release's preprocessing (demo.preprocess): CLIP's size and normalisation.
 IMAGE_SIZE = RELEASE.image_size
 CLIP_MEAN = RELEASE.image_mean
 CLIP_STD = RELEASE.image_std

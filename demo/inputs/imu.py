@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from demo.cancel import CancelToken, check
-from demo.encoders.preprocess import RELEASE
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
-CHANNELS = RELEASE.imu_channels  # the release's preprocessing (demo.encoders.preprocess)
+CHANNELS = RELEASE.imu_channels  # the release's preprocessing (demo.preprocess)
 STEPS = RELEASE.imu_steps
 MIN_STEPS = 2  # linear interpolation needs two samples
 

@@ -7,7 +7,7 @@ limits before the work they bound and the cancel token between steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -15,9 +15,7 @@ from demo.cancel import CancelToken, check
 from demo.errors import Cancelled, InputError
 from demo.inputs.common import Source, describe, scrub_paths
 from demo.inputs.limits import InputLimits
-from demo.modalities import Column, get_modality
-
-Loader = Callable[[Source, InputLimits, "CancelToken | None"], torch.Tensor]
+from demo.modalities import Column, Loader, get_modality
 
 # name -> loader, read through the modality table (rows registered at run time included); each
 # loader module is imported the first time its modality is used.

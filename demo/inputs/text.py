@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from demo.cancel import CancelToken, check
-from demo.encoders.preprocess import RELEASE
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, describe
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     from imagebind.models.multimodal_preprocessors import SimpleTokenizer
 
-CONTEXT_LENGTH = RELEASE.text_context  # the release's preprocessing (demo.encoders.preprocess)
+CONTEXT_LENGTH = RELEASE.text_context  # the release's preprocessing (demo.preprocess)
 CACHE_WORDS = 10_000  # a few MB at most; common words stay cached
 
 

@@ -31,16 +31,16 @@ import numpy as np
 import torch
 
 from demo.cancel import CancelToken, check
-from demo.encoders.preprocess import RELEASE
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, check_shape, clip_start_times, describe
 from demo.inputs.image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     import av
 
-# The release's preprocessing (demo.encoders.preprocess); frames per clip and crops are fixed
+# The release's preprocessing (demo.preprocess); frames per clip and crops are fixed
 # by `first_and_last_frames` and `three_crops` below.
 CLIP_SECONDS = RELEASE.video_clip_seconds
 NUM_CLIPS = RELEASE.video_clips
