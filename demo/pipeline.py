@@ -132,6 +132,13 @@ class PipelineOutput:
 
 
 class ImageBindLLMPipeline:
+    """Inputs -> ImageBind -> mix -> visual cache -> bind network -> gated LLaMA, in one object.
+
+    `__init__` wires ready parts: the model (LLM + bind network + injection), the encoder, the
+    visual cache (None: off), the input limits, the decoding engine and an optional image
+    generator. `from_pretrained` loads them from a converted folder or a preset (demo/presets.py).
+    """
+
     def __init__(
         self, model: ImageBindLLM, encoder: MultimodalEncoder, cache: VisualCache | None = None, *,
         limits: InputLimits | None = None, placeholder: bool = False, notice: str | None = None,
