@@ -24,8 +24,7 @@ from demo.errors import DemoError, InputError
 
 logger = logging.getLogger("ibllm.app")
 WORK_DIR = Path(tempfile.gettempdir()) / "ibllm-app"  # previews, typed texts, exports (unique mkstemp names)
-ICONS = {"image": "🖼️", "audio": "🔊", "video": "🎬", "point": "🧊", "text": "📝",
-         "depth": "🌊", "thermal": "🌡️", "imu": "📈", "embedding": "🧬"}
+from demo.modalities import ICONS  # noqa: E402  name -> emoji: a column of the modality table
 KEEP, REPLACE = "Add to the mix", "Replace the mix"  # what a new message's files do to the mix
 TITLE = "ImageBind-LLM"  # toasts carry the app's own titles
 

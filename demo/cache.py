@@ -21,7 +21,7 @@ Files: the index (any faiss index that can give back its vectors) and, next to i
 `<index>.sources.jsonl` with one line `{"source": ...}` per entry (image path, URL or caption;
 null when unknown). The official index has no sidecar: its sources are None.
 
-Off by default: `VisualCache.from_config` returns None when `CacheConfig.enabled` is False, and
+Off by default: `VisualCache.from_config` returns None when `RetrievalSettings.enabled` is False, and
 callers hold None for "no cache". This module is what the pipeline uses at run time; building a
 cache and compacting one are tooling, in demo/weights_tools/cache.py (`ibllm cache`).
 """
@@ -62,10 +62,10 @@ _PROBE_TOLERANCE = 0.02
 
 
 @dataclass
-class CacheConfig:
-    """Whether and how to use the visual cache: off unless `enabled`.
+class RetrievalSettings:
+    """Whether and how to pull a query toward the visual cache: off unless `enabled`.
 
-    The pipeline also uses it per request (k, temperature, weight) for a cache loaded elsewhere;
+    The pipeline reads it per request (k, temperature, weight) for a cache loaded elsewhere;
     `index_path`, `nprobe` and `mmap` only matter to `VisualCache.from_config`.
     """
 
@@ -77,13 +77,13 @@ class CacheConfig:
     nprobe: int | None = None  # IVF indexes only: lists to visit; None keeps the value saved in the file
     mmap: bool = False  # map a flat index from disk instead of reading it into RAM (slower search)
 
-    def check(self) -> "CacheConfig":
+    def check(self) -> "RetrievalSettings":
         _check_params(self.k, self.temperature, self.weight)
         return self
 
 
 @dataclass
-class CacheResult:
+class RetrievalResult:
     """What one `retrieve` call recalled. Neighbour arrays are always batched: [B, k]."""
 
     embedding: torch.Tensor  # the blended query, same shape, dtype and device as the input
@@ -91,6 +91,11 @@ class CacheResult:
     similarities: np.ndarray  # [B, k] float32, the inner products <v, x>; NaN where the id is -1
     attention: np.ndarray  # [B, k] float32, a = softmax(t * sims): each neighbour's share of r
     sources: list[list[str | None]]  # [B][k] path, URL or caption of each neighbour, if known
+
+
+# The names before session 3 (README documented CacheConfig); kept so older code keeps working.
+CacheConfig = RetrievalSettings
+CacheResult = RetrievalResult
 
 
 class VisualCache:
@@ -136,14 +141,14 @@ class VisualCache:
         return cache
 
     @classmethod
-    def from_config(cls, config: CacheConfig, *, dim: int = EMBED_DIM) -> "VisualCache | None":
+    def from_config(cls, config: RetrievalSettings, *, dim: int = EMBED_DIM) -> "VisualCache | None":
         """The cache the config asks for, or None when the cache is off."""
         config.check()
         if not config.enabled:
-            logger.info("visual cache: off (CacheConfig.enabled is False)")
+            logger.info("visual cache: off (RetrievalSettings.enabled is False)")
             return None
         if not config.index_path:
-            raise InputError("the visual cache is enabled but CacheConfig.index_path is not set")
+            raise InputError("the visual cache is enabled but RetrievalSettings.index_path is not set")
         return cls.from_index(config.index_path, dim=dim, nprobe=config.nprobe, mmap=config.mmap)
 
     def describe(self) -> str:
@@ -160,7 +165,7 @@ class VisualCache:
         k: int = 10,
         temperature: float = 20.0,
         weight: float = 0.5,
-    ) -> CacheResult:
+    ) -> RetrievalResult:
         """Blend `embedding` ([D] or [B, D]) with its k nearest cache entries (section 8)."""
         # 1. Check inputs
         _check_params(k, temperature, weight)
@@ -183,7 +188,7 @@ class VisualCache:
         # 4. Package, in the caller's shape, dtype and device
         out = torch.from_numpy(blended).reshape(embedding.shape).to(embedding.device, embedding.dtype)
         sources = [[self._source(i) for i in row] for row in ids.tolist()]
-        return CacheResult(out, ids, sims.astype(np.float32), attention.astype(np.float32), sources)
+        return RetrievalResult(out, ids, sims.astype(np.float32), attention.astype(np.float32), sources)
 
     def _as_query(self, embedding: torch.Tensor) -> np.ndarray:
         if not isinstance(embedding, torch.Tensor) or embedding.ndim not in (1, 2) or embedding.shape[-1] != self.dim:

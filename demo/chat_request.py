@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cache import CACHE_LIMITS, CacheConfig
+from .cache import CACHE_LIMITS, RetrievalSettings
 from .config import GENERATION_LIMITS, GenerationConfig
 from .errors import BadInputError, Cancelled, DemoError, InputError
 from .inputs.limits import InputLimits
@@ -115,7 +115,7 @@ def check_generation(settings: dict, defaults: GenerationConfig) -> GenerationCo
     return replace(defaults, **values).check()
 
 
-def check_cache(settings: Any, defaults: CacheConfig) -> CacheConfig:
+def check_cache(settings: Any, defaults: RetrievalSettings) -> RetrievalSettings:
     if not isinstance(settings, dict):
         raise InputError(f'settings.cache must be a JSON object with keys {", ".join(CACHE_KEYS)}, e.g. {{"k": 10}}')
     unknown = sorted(set(settings) - set(CACHE_KEYS))
@@ -153,14 +153,14 @@ class ChatRequest:
     inputs: list[InputItem] = field(default_factory=list)
     history: list[tuple[str, str]] = field(default_factory=list)  # (question, answer), oldest first
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    cache: CacheConfig | None = None  # None: the pipeline's default
+    cache: RetrievalSettings | None = None  # None: the pipeline's default
     input_text: str | None = None  # the optional "input" of the second prompt template
 
     @classmethod
     def parse(cls, question: Any, files: Any = None, modalities: Any = None, weights: Any = None,
               history: Any = None, settings: Any = None, *, limits: InputLimits | None = None,
               generation_defaults: GenerationConfig | None = None,
-              cache_defaults: CacheConfig | None = None) -> "ChatRequest":
+              cache_defaults: RetrievalSettings | None = None) -> "ChatRequest":
         """Check JSON-shaped arguments (as `/chat` receives them); raise InputError naming the first
         bad one. files: paths; modalities: one name per file, one name for all, or None/"auto"
         (from the file type); weights: one number per file in [-1, 1], or None (all 1)."""
@@ -211,14 +211,14 @@ class ChatRequest:
             raise InputError(f"history has {len(history)} turns; at most {MAX_HISTORY_TURNS} are accepted")
 
         generation = check_generation(settings, generation_defaults or GenerationConfig())
-        cache = check_cache(settings["cache"], cache_defaults or CacheConfig()) if "cache" in settings else None
+        cache = check_cache(settings["cache"], cache_defaults or RetrievalSettings()) if "cache" in settings else None
         return cls(question, inputs, [tuple(turn) for turn in history], generation, cache, input_text)
 
 
 # ---------------------------------------------------------------------------------------------
 # Encoding a mix that may hold broken files; typed text as a file
 # ---------------------------------------------------------------------------------------------
-def encode_dropping_bad_inputs(pipe, items: Sequence[InputItem], cache: CacheConfig | None = None, *, cancel=None):
+def encode_dropping_bad_inputs(pipe, items: Sequence[InputItem], cache: RetrievalSettings | None = None, *, cancel=None):
     """Encode the mix; an input the library names as bad (`BadInputError.index`) is dropped with
     its message and the rest encoded again, so a broken upload never poisons later questions.
 

@@ -23,7 +23,7 @@ from .arithmetic import normalised_weights
 from .chat_request import WEIGHT_RANGE, infer_modality, safe_name
 from .errors import InputError
 from .inputs.limits import InputLimits
-from .inputs.preview import point_cloud_preview
+from .modalities import get_modality
 from .pipeline import InputItem
 
 
@@ -36,7 +36,7 @@ class MixInput:
     name: str  # what users see (base name, no direction controls)
     weight: float = 1.0
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    preview: str | None = None  # point clouds: a small PLY for a browser 3D view
+    preview: str | None = None  # a file a browser can show (point clouds: a small PLY); see Modality.preview
     owned: list[str] = field(default_factory=list)  # temp files deleted with this input
 
     def item(self) -> InputItem:
@@ -46,12 +46,13 @@ class MixInput:
 def new_input(path: str | os.PathLike, modality: str | None = None, weight: float = 1.0, *, name: str | None = None,
               limits: InputLimits | None = None, work_dir: str | os.PathLike | None = None,
               owned: list[str] | None = None) -> MixInput:
-    """A file -> a mix input: its modality (given, else from the file type), and for a point cloud
-    a preview made by the library's reader (so a file it refuses raises InputError here)."""
+    """A file -> a mix input: its modality (given, else from the file type), and where the modality
+    has one (`Modality.preview`: point clouds) a preview made by the library's reader (so a file
+    it refuses raises InputError here)."""
     entry = MixInput(infer_modality(str(path), modality), str(path), safe_name(name or str(path)),
                      clamp_weight(weight), owned=list(owned or []))
-    if entry.modality == "point":
-        entry.preview = str(point_cloud_preview(path, limits, directory=work_dir))
+    if (make_preview := get_modality(entry.modality).preview_function()) is not None:
+        entry.preview = str(make_preview(path, limits, directory=work_dir))
         entry.owned.append(entry.preview)
     return entry
 

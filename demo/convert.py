@@ -11,7 +11,8 @@ Output folder:
                         biases, norms and LoRA folded in, plus the tokenizer
   adapter.safetensors   bind network, prefix_query, gates, and the v LoRA factors the injection
                         needs (see injection.py)
-  imagebind_llm.json    what the folder holds and where the ImageBind weights are
+  imagebind_llm.json    what the folder holds, where the ImageBind weights are, and the backbone's
+                        settings (demo/backbone.py: context, rope base, kv heads, bos/eos, ...)
 
 Every tensor of `7B.pth` must be consumed; a missing or unexpected key stops the conversion with
 every such key named, and so does a structure other than the release's (3 bind blocks, LoRA rank
@@ -29,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .backbone import FOLDER_KEY as BACKBONE_KEY
+from .backbone import RELEASE as RELEASE_BACKBONE
+from .backbone import Backbone
 from .bind_network import rename_official_bind_key
 from .errors import WeightsError
 from .folder_format import ADAPTER_NAME, CONFIG_NAME, FORMAT_VERSION, LLM_DIR, SENTENCEPIECE_NAME  # noqa: F401 (re-exported)
@@ -108,6 +112,8 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class LlamaShape:
+    """The sizes of a base LLaMA, read from its tensors and params.json / config.json."""
+
     dim: int
     n_layers: int
     n_heads: int
@@ -585,14 +591,16 @@ def convert(
     placeholder: bool = False,
     progress: bool = True,
     custom_structure: bool = False,
+    backbone: Backbone = RELEASE_BACKBONE,
 ) -> Path:
     """Convert and write everything; returns `out`. Checks all keys before writing anything.
 
     The adapter must have the release's structure (3 bind blocks, LoRA rank 16, reference section 5)
     unless `custom_structure`: then the bind block count, hidden width and LoRA rank are read
-    from the file (for adapters trained on purpose with another structure)."""
+    from the file (for adapters trained on purpose with another structure). `backbone`: the base
+    LLM's settings that its weights do not carry (demo/backbone.py), written into llm/config.json
+    and recorded in imagebind_llm.json."""
     from safetensors.torch import save_file
-    from transformers import LlamaConfig
 
     out = Path(out)
     base_ckpt = open_base(Path(base))
@@ -605,27 +613,23 @@ def convert(
     if adapter_state["prefix_query.weight"].shape[1] != shape.dim:
         raise WeightsError(f"the adapter is for width {adapter_state['prefix_query.weight'].shape[1]}, the base LLaMA has {shape.dim}")
     check_adapter_shapes(adapter_state, shape, custom_structure)
+    if backbone.key_value_heads(shape.n_heads) != shape.n_heads:
+        raise WeightsError(f"the backbone asks for {backbone.kv_heads} key/value heads; conversion reads LLaMA-1 "
+                           f"checkpoints, whose {shape.n_heads} heads each have their own keys and values")
     tokenizer_path = find_tokenizer(Path(base), tokenizer)
     hf_tokenizer = build_tokenizer(tokenizer_path)  # refuses, before anything is written, unless ids match
 
     llm_dir = out / LLM_DIR
     llm_dir.mkdir(parents=True, exist_ok=True)
-    config = LlamaConfig(
+    config = backbone.llama_config(
         vocab_size=shape.vocab_size,
         hidden_size=shape.dim,
         intermediate_size=shape.intermediate,
         num_hidden_layers=shape.n_layers,
         num_attention_heads=shape.n_heads,
-        num_key_value_heads=shape.n_heads,
-        hidden_act="silu",
-        max_position_embeddings=2048,  # LLaMA-1's training context
         rms_norm_eps=shape.norm_eps,
-        rope_theta=10000.0,
         attention_bias=True,  # carries the fine-tuned q/o biases (k/v held at zero)
         mlp_bias=True,  # carries the fine-tuned FFN biases
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
         dtype=str(dtype).removeprefix("torch."),
     )
     config.save_pretrained(llm_dir)
@@ -642,6 +646,7 @@ def convert(
         "adapter": ADAPTER_NAME,
         "imagebind": _relative_or_absolute(Path(imagebind), out) if imagebind else None,
         "placeholder": placeholder,  # True: random weights, answers meaningless (tiny preset)
+        BACKBONE_KEY: backbone.to_dict(),
         "sources": {"base": str(base), "delta": str(delta) if delta else None, "adapter": str(adapter)},
     }
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

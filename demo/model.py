@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backbone import Backbone, read_backbone
 from .bind_network import BindNetwork
 from .errors import WeightsError
 from .folder_format import CONFIG_NAME, CONVERT_COMMAND, FORMAT_VERSION
@@ -48,14 +49,19 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 class ImageBindLLM(nn.Module):
-    """bind network -> per-layer gated terms -> LLaMA. `__init__` only wires ready parts."""
+    """bind network -> per-layer gated terms -> LLaMA. `__init__` only wires ready parts.
 
-    def __init__(self, llm: nn.Module, tokenizer, bind: BindNetwork, injection: GatedInjection):
+    `backbone` describes the LLM (context, prompt template, ...; demo/backbone.py); None reads it
+    from the LLM's config over the release's values."""
+
+    def __init__(self, llm: nn.Module, tokenizer, bind: BindNetwork, injection: GatedInjection,
+                 backbone: Backbone | None = None):
         super().__init__()
         self.llm = llm
         self.tokenizer = tokenizer
         self.bind = bind
         self.injection = injection
+        self.backbone = backbone if backbone is not None else Backbone.from_llm_config(llm.config.to_dict())
         use_gated_attention(llm)  # the forward now takes injection_terms=(B, L, D)
 
     @property
@@ -64,7 +70,7 @@ class ImageBindLLM(nn.Module):
 
     @property
     def context_length(self) -> int:
-        return int(self.llm.config.max_position_embeddings)
+        return self.backbone.context_length
 
     @torch.no_grad()
     def conditioning_terms(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -89,6 +95,7 @@ class ImageBindLLM(nn.Module):
         folder = Path(folder)
         meta = read_folder_config(folder)
         check_complete(folder, meta)
+        backbone = folder_backbone(folder, meta)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         kwargs: dict = {"dtype": dtype}
@@ -130,7 +137,7 @@ class ImageBindLLM(nn.Module):
         # Quantised models compute in the chosen dtype; fp32 stays fp32 on CPU.
         bind.to(llm.model.embed_tokens.weight.device, dtype)
         injection.to(llm.model.embed_tokens.weight.device)
-        return cls(llm, tokenizer, bind.eval(), injection.eval())
+        return cls(llm, tokenizer, bind.eval(), injection.eval(), backbone)
 
 
 def _torchao_quantize(llm: nn.Module, config_name: str) -> None:
@@ -178,6 +185,24 @@ def read_folder_config(folder: Path) -> dict:
     for key in ("llm", "adapter"):
         _inside(folder, meta.get(key), f"{path}: {key!r}")
     return meta
+
+
+def folder_backbone(folder: Path, meta: dict) -> Backbone:
+    """The backbone a converted folder records (imagebind_llm.json "backbone"), else the one its
+    llm/config.json gives over the release's values (folders converted before it was recorded).
+    A recorded backbone that llm/config.json contradicts is refused."""
+    config = _read_json(Path(folder) / meta["llm"] / "config.json")
+    try:
+        backbone = read_backbone(meta, config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"{Path(folder) / CONFIG_NAME}: {exc}. {INCOMPLETE_FIX}") from None
+    described = Backbone.from_llm_config(config, base=backbone)
+    if described != backbone:
+        raise WeightsError(
+            f"{Path(folder) / CONFIG_NAME} records the backbone {backbone}, but {Path(folder) / meta['llm'] / 'config.json'} "
+            f"describes {described}. {HOSTILE_FIX}"
+        )
+    return backbone
 
 
 def _inside(folder: Path, name, what: str) -> Path:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn import functional as F
@@ -30,23 +29,41 @@ from .errors import BadInputError, InputError, PromptTooLongError
 from .engine import Engine, Request
 from .generation import GenerationState
 from .modalities import get_modality
+from .presets import POCKET_FOLDER, PRESETS, default_home, ensure_tiny  # noqa: F401  (re-exported: older imports)
+from .presets import resolve as resolve_preset
 from .prompt import STOP_STRINGS, format_prompt
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from .cache import RetrievalResult, RetrievalSettings, VisualCache
+    from .encoders.encoder import MultimodalEncoder
+    from .imagine import ImageGenerator, ImageSettings
+    from .inputs.limits import InputLimits
+    from .model import ImageBindLLM
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "pocket")  # names from_pretrained accepts besides a folder
-# The pocket-world model shipped in the repository (docs/pocket_world.md; `python -m demo.world`).
-POCKET_FOLDER = Path(__file__).resolve().parents[1] / "weights" / "pocket"
+# One input of a mix as reported back: (modality, display name, normalised weight).
+MixEntry = tuple[str, str, float]
 
 
 @dataclass
 class InputItem:
-    """One user input: a file (or in-memory object) of a modality, with its mixing weight."""
+    """One user input: a file (or in-memory object) of a modality, with its mixing weight.
+
+    Args:
+        modality: a name of `demo.modalities.MODALITIES` ("image", "audio", ...).
+        source: a path, or an in-memory object where the modality's loader takes one (PIL image,
+            array, tensor).
+        weight: its mixing weight in [-1, 1]; negative steers away, 0 leaves it out.
+        name: shown in the mix summary and in errors; defaults to the file name.
+    """
 
     modality: str
-    source: Any
+    source: Any  # str | os.PathLike | PIL.Image.Image | numpy.ndarray | torch.Tensor, by modality
     weight: float = 1.0
-    name: str | None = None  # shown in the mix summary; defaults to the file name
+    name: str | None = None
 
     @property
     def display_name(self) -> str:
@@ -59,29 +76,55 @@ class InputItem:
 
 @dataclass
 class Conditioning:
-    """What the LLM is conditioned on for one request."""
+    """What the LLM is conditioned on for one request (`ImageBindLLMPipeline.encode`).
 
-    embedding: torch.Tensor  # (E,) the final ImageBind-space vector (after the cache)
-    terms: torch.Tensor  # (1, L, D) per-layer injected terms, computed once here
-    mix: list[tuple[str, str, float]] = field(default_factory=list)  # (modality, name, normalised weight)
-    neighbours: Any = None  # demo.cache.CacheResult when the cache was used
-    notes: list[str] = field(default_factory=list)  # things the user should know (cache off, ...)
+    Args:
+        embedding: (E,) the final ImageBind-space vector, after the visual cache.
+        terms: (1, L, D) the per-layer injected terms, computed once per request.
+        mix: each input kept, with its normalised weight.
+        neighbours: what the visual cache recalled; None when it was not used.
+        notes: things the user should know (cache off, no inputs, ...).
+    """
+
+    embedding: torch.Tensor
+    terms: torch.Tensor
+    mix: list[MixEntry] = field(default_factory=list)
+    neighbours: RetrievalResult | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class ImagineOutput:
-    """One picture made from the inputs (`ImageBindLLMPipeline.imagine`)."""
+    """One picture made from the inputs (`ImageBindLLMPipeline.imagine`).
 
-    image: Any  # PIL.Image.Image
-    embedding: torch.Tensor  # (E,) the vector the picture was generated from (section 13, NOT unit-norm)
-    mix: list[tuple[str, str, float]]  # (modality, name, normalised weight), as in Conditioning
-    settings: Any  # demo.imagine.ImageSettings actually used, with its concrete seed (replayable)
-    neighbours: Any = None  # demo.cache.CacheResult when the cache was used
+    Args:
+        image: the picture.
+        embedding: (E,) the vector it was generated from (reference section 13; NOT unit-norm).
+        mix: each input used, with its normalised weight, as in `Conditioning`.
+        settings: the settings used, with the concrete seed (passing them again replays the picture).
+        neighbours: what the visual cache recalled; None when it was not used.
+        notes: things the user should know.
+    """
+
+    image: Image
+    embedding: torch.Tensor
+    mix: list[MixEntry]
+    settings: ImageSettings
+    neighbours: RetrievalResult | None = None
     notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class PipelineOutput:
+    """A whole answer (`ImageBindLLMPipeline.__call__`).
+
+    Args:
+        text: the answer, cut before the template's stop strings.
+        conditioning: what it was conditioned on.
+        finish_reason: "eos", "stop_string", "length" or "cancelled".
+        dropped_turns: the oldest history turns left out so that the prompt fits the context.
+    """
+
     text: str
     conditioning: Conditioning
     finish_reason: str
@@ -89,23 +132,32 @@ class PipelineOutput:
 
 
 class ImageBindLLMPipeline:
+    """Inputs -> ImageBind -> mix -> visual cache -> bind network -> gated LLaMA, in one object.
+
+    `__init__` wires ready parts: the model (LLM + bind network + injection), the encoder, the
+    visual cache (None: off), the input limits, the decoding engine and an optional image
+    generator. `from_pretrained` loads them from a converted folder or a preset (demo/presets.py).
+    """
+
     def __init__(
-        self, model, encoder, cache=None, *, limits=None, placeholder: bool = False, notice: str | None = None, engine: Engine | None = None,
-        image_generator=None,
+        self, model: ImageBindLLM, encoder: MultimodalEncoder, cache: VisualCache | None = None, *,
+        limits: InputLimits | None = None, placeholder: bool = False, notice: str | None = None,
+        engine: Engine | None = None, image_generator: ImageGenerator | None = None,
     ):
-        from .cache import CacheConfig
+        from .cache import RetrievalSettings
         from .inputs.limits import InputLimits
 
-        self.model = model  # demo.model.ImageBindLLM
+        self.model = model
         # Decodes every stream: concurrent requests share forward passes (demo/engine.py).
         self.engine = engine if engine is not None else Engine(model.llm, model.tokenizer)
-        self.encoder = encoder  # demo.encoders.encoder.MultimodalEncoder
-        self.cache = cache  # demo.cache.VisualCache or None (cache off)
+        self.encoder = encoder
+        self.cache = cache  # the visual cache; None: off
         self.limits = limits or InputLimits()
         self.is_placeholder = placeholder  # random weights: answers are meaningless
         self.notice = notice  # what the model is, for a banner (the folder's imagebind_llm.json "notice")
         self.generation_defaults = GenerationConfig()
-        self.cache_defaults = CacheConfig(enabled=cache is not None)
+        # Per-request visual-cache settings when a request brings none.
+        self.retrieval_defaults = RetrievalSettings(enabled=cache is not None)
         self._blank: torch.Tensor | None = None
         self._blank_lock = threading.Lock()
         # Encodings running at once (limits.max_running_encodes, read here): see `_encode_slot`.
@@ -119,6 +171,11 @@ class ImageBindLLMPipeline:
                 "use the Stable unCLIP checkpoint made for OpenCLIP ViT-H (stabilityai/stable-diffusion-2-1-unclip)"
             )
         self.image_generator = image_generator
+
+    @property
+    def cache_defaults(self) -> RetrievalSettings:
+        """The older name of `retrieval_defaults`."""
+        return self.retrieval_defaults
 
     # ------------------------------------------------------------------------------------------
     # Loading
@@ -138,7 +195,8 @@ class ImageBindLLMPipeline:
         compile: bool = False,
         unclip_path: str | os.PathLike | None = None,
     ) -> "ImageBindLLMPipeline":
-        """Load a converted folder (see `ibllm convert --help`) or the offline "tiny" preset.
+        """Load a converted folder (see `ibllm convert --help`) or a preset (`demo.presets`: "tiny",
+        "pocket", "release").
 
         quantization: None, "8bit" or "4bit" (bitsandbytes, LLaMA only).
         cache_path: a faiss index for the visual cache; None leaves the cache off.
@@ -154,7 +212,7 @@ class ImageBindLLMPipeline:
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
-        folder = _preset_folder(str(name_or_path), home) if str(name_or_path) in PRESETS else Path(name_or_path)
+        folder = resolve_preset(name_or_path, home)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
         imagebind = Path(imagebind_path) if imagebind_path else _imagebind_path(folder, meta)
@@ -192,7 +250,7 @@ class ImageBindLLMPipeline:
 
         modality = _modality(item.modality)
         sample = load_input(modality, item.source, self.limits, cancel=cancel)
-        if modality == "embedding":
+        if not get_modality(modality).tower:  # an ImageBind embedding already
             vector = sample
             if vector.shape[-1] != self.embed_dim:
                 raise InputError(f"{item.display_name}: embedding has {vector.shape[-1]} values, this model uses {self.embed_dim}")
@@ -220,14 +278,17 @@ class ImageBindLLMPipeline:
     def embed_dim(self) -> int:
         return int(self.encoder.config.out_dim)
 
-    def encode(self, inputs: Sequence[InputItem] = (), cache=None, *, cancel: CancelToken | None = None) -> Conditioning:
-        """Weighted inputs -> Conditioning. No inputs: the blank image, as in training.
+    def encode(
+        self, inputs: Sequence[InputItem] = (), cache: RetrievalSettings | None = None, *, cancel: CancelToken | None = None
+    ) -> Conditioning:
+        """Weighted inputs -> Conditioning. No inputs: the blank image, as in training. `cache`:
+        this request's visual-cache settings (None: `retrieval_defaults`).
 
         An input that cannot be used raises `BadInputError` (an InputError) whose `index` is its
         position in `inputs` and `name` its display name, so a caller can drop it and retry.
         `cancel` is checked between inputs and inside each input's loading and encoding."""
 
-        cache = (cache or self.cache_defaults).check()
+        cache = (cache or self.retrieval_defaults).check()
         notes: list[str] = []
         items = [(index, item) for index, item in enumerate(inputs) if item.weight != 0]
         if inputs and not items:
@@ -235,7 +296,7 @@ class ImageBindLLMPipeline:
         if not items:
             # Training fed an all-zero (after normalisation) image to text-only samples.
             embedding = self._blank_embedding()
-            mix: list[tuple[str, str, float]] = []
+            mix: list[MixEntry] = []
             notes.append("no inputs: answering from text alone (blank-image conditioning)")
             neighbours = None
         else:
@@ -259,7 +320,7 @@ class ImageBindLLMPipeline:
         terms = self.model.conditioning_terms(embedding[None])  # (1, L, D), once per request
         return Conditioning(embedding, terms, mix, neighbours, notes)
 
-    def _cache_k(self, cache, notes: list[str]) -> int | None:
+    def _cache_k(self, cache: RetrievalSettings, notes: list[str]) -> int | None:
         """The k to search the loaded cache with, or None when the cache is not used; adds what
         the user should know to `notes`."""
         if not cache.enabled:
@@ -349,16 +410,29 @@ class ImageBindLLMPipeline:
         `stop` strings. Breaking out of the loop (or closing the generator) stops generation and
         frees the batch row; `cancel.cancel()` does too, and the iterator
         then raises `demo.errors.Cancelled`. Concurrent calls share the engine's forward passes."""
+        ids, _, generation = self._prompt(question, history, input_text, generation)
+        conditioning = conditioning if conditioning is not None else self.encode()
+        yield from self._generate(ids, conditioning, generation, state, cancel, stop)
+
+    def _prompt(
+        self, question: str, history: Sequence[tuple[str, str]], input_text: str | None, generation: GenerationConfig | None
+    ) -> tuple[list[int], int, GenerationConfig]:
+        """(prompt ids, turns dropped, the checked generation settings with max_new_tokens cut to
+        the room left in the context)."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: type a question or instruction")
         generation = (generation or self.generation_defaults).check()
-        conditioning = conditioning if conditioning is not None else self.encode()
         ids, dropped = self.prompt_ids(question, history, input_text, int(generation.max_new_tokens))
         if dropped:
             logger.info("dropped %d oldest turns to fit the context", dropped)
         room = self.model.context_length - len(ids)
-        config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
-        stream = self.engine.submit(Request(ids, conditioning.terms, config, STOP_STRINGS + tuple(stop), cancel), state)
+        return ids, dropped, GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
+
+    def _generate(
+        self, ids: list[int], conditioning: Conditioning, generation: GenerationConfig, state: GenerationState | None,
+        cancel: CancelToken | None, stop: Sequence[str],
+    ) -> Iterator[str]:
+        stream = self.engine.submit(Request(ids, conditioning.terms, generation, STOP_STRINGS + tuple(stop), cancel), state)
         try:
             yield from stream
         finally:
@@ -372,22 +446,22 @@ class ImageBindLLMPipeline:
         history: Sequence[tuple[str, str]] = (),
         input_text: str | None = None,
         generation: GenerationConfig | None = None,
-        cache=None,
+        cache: RetrievalSettings | None = None,
         cancel: CancelToken | None = None,
     ) -> PipelineOutput:
-        """Encode, then generate the whole answer."""
+        """Encode, then generate the whole answer (`cache`: as in `encode`)."""
+        ids, dropped, generation = self._prompt(question, history, input_text, generation)  # bad questions fail before encoding
         conditioning = self.encode(inputs, cache, cancel=cancel)
         state = GenerationState()
-        stream = self.stream(question, conditioning, history=history, input_text=input_text, generation=generation, state=state, cancel=cancel)
-        text = "".join(stream)
-        return PipelineOutput(text, conditioning, state.finish_reason)
+        text = "".join(self._generate(ids, conditioning, generation, state, cancel, ()))
+        return PipelineOutput(text, conditioning, state.finish_reason, dropped)
 
     # ------------------------------------------------------------------------------------------
     # 3. Inputs -> picture (optional image output, reference section 13)
     # ------------------------------------------------------------------------------------------
     def image_embedding(
-        self, inputs: Sequence[InputItem], cache=None, *, cancel: CancelToken | None = None
-    ) -> tuple[torch.Tensor, list[tuple[str, str, float]], Any, list[str]]:
+        self, inputs: Sequence[InputItem], cache: RetrievalSettings | None = None, *, cancel: CancelToken | None = None
+    ) -> tuple[torch.Tensor, list[MixEntry], RetrievalResult | None, list[str]]:
         """Weighted inputs -> (the (E,) vector images are generated from, mix, cache result, notes).
 
         Section 13, not the LLM's mix: each input's PRE-normalisation embedding (point clouds / 5),
@@ -396,7 +470,7 @@ class ImageBindLLMPipeline:
         Errors name the input as `encode`'s do."""
         from .imagine.embedding import blend_keeping_norm, mix_unnormalised, scaled_embedding
 
-        cache = (cache or self.cache_defaults).check()
+        cache = (cache or self.retrieval_defaults).check()
         items = [(index, item) for index, item in enumerate(inputs) if item.weight != 0]
         if not items:
             raise InputError("an image needs at least one input with a non-zero weight (an image, a sound, a point cloud...)")
@@ -419,12 +493,12 @@ class ImageBindLLMPipeline:
 
     def _embed_unnormalised(self, item: InputItem, cancel: CancelToken | None) -> torch.Tensor:
         """One input -> its pre-normalisation embedding, (E,) float32 CPU. A saved embedding
-        ("embedding" modality) is used as given: its pre-normalisation form is not known."""
+        (a modality without a tower) is used as given: its pre-normalisation form is not known."""
         from .inputs.registry import load_input
 
         modality = _modality(item.modality)
         sample = load_input(modality, item.source, self.limits, cancel=cancel)
-        if modality == "embedding":
+        if not get_modality(modality).tower:  # an ImageBind embedding already
             if sample.shape[-1] != self.embed_dim:
                 raise InputError(f"{item.display_name}: embedding has {sample.shape[-1]} values, this model uses {self.embed_dim}")
             return sample.float().reshape(-1).cpu()
@@ -441,8 +515,8 @@ class ImageBindLLMPipeline:
         noise_level: int = 0,
         seed: int | None = None,
         size: int | tuple[int, int] | None = None,
-        cache=None,
-        progress=None,
+        cache: RetrievalSettings | None = None,
+        progress: Callable[[int, int], None] | None = None,
         cancel: CancelToken | None = None,
     ) -> ImagineOutput:
         """A picture of what the model "sees" in the weighted inputs (the released demo's
@@ -490,16 +564,6 @@ def _named(message: str, item: InputItem) -> str:
     return message if message.startswith(item.display_name) else f"{item.display_name}: {message}"
 
 
-def _preset_folder(name: str, home: str | os.PathLike | None) -> Path:
-    if name == "tiny":
-        return ensure_tiny(home)
-    if not (POCKET_FOLDER / "imagebind_llm.json").is_file():
-        from .errors import WeightsError
-
-        raise WeightsError(f"the pocket model is missing from {POCKET_FOLDER}: rebuild it with `python -m demo.world build --ship`")
-    return POCKET_FOLDER
-
-
 def _modality(name: str) -> str:
     try:
         return get_modality(name).name
@@ -523,34 +587,3 @@ def _imagebind_path(folder: Path, meta: dict) -> Path:
             "pointing to imagebind_w3D.pth or imagebind_huge.pth"
         )
     return _recorded_path(folder, recorded)
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("IBLLM_HOME", Path.home() / ".cache" / "imagebind-llm"))
-
-
-TINY_VERSION = "tiny-v2"  # bump when the tiny files change so old caches are rebuilt
-
-
-def ensure_tiny(home: str | os.PathLike | None = None) -> Path:
-    """Write and convert the tiny preset once (about 3 s); later calls reuse it."""
-    from .convert import CONFIG_NAME, convert
-    from .tiny import write_tiny_release
-
-    root = Path(home) if home else default_home()
-    folder = root / TINY_VERSION / "converted"
-    if (folder / CONFIG_NAME).exists():
-        return folder
-    logger.info("building the offline tiny preset in %s", folder.parent)
-    release = write_tiny_release(root / TINY_VERSION / "release", seed=0)
-    partial = folder.with_name(f"converted.partial-{os.getpid()}-{threading.get_ident()}")
-    convert(
-        release.llama_dir, release.adapter, partial, delta=release.delta_dir, tokenizer=release.tokenizer,
-        imagebind=release.imagebind, dtype=torch.float32, placeholder=True, progress=False,
-    )
-    try:
-        partial.rename(folder)  # atomic: a reader sees a whole folder or none
-    except OSError:  # another process finished first
-        shutil.rmtree(partial, ignore_errors=True)
-    return folder
-

@@ -213,7 +213,8 @@ def test_encoding_stops_at_the_next_check_once_cancelled(encoder):
         encoder.encode("image", sample("image"), cancel=token)
 
     forwards = []
-    original = encoder._forward
+    tower = encoder.towers["imu"]
+    original = tower.forward
 
     class CancelledAfterTwoBatches(CancelToken):
         def check(self):
@@ -221,10 +222,10 @@ def test_encoding_stops_at_the_next_check_once_cancelled(encoder):
                 self.cancel()
             super().check()
 
-    encoder._forward = lambda key, batch: forwards.append(len(batch)) or original(key, batch)
+    tower.forward = lambda batch: forwards.append(len(batch)) or original(batch)
     try:
         with pytest.raises(Cancelled):
             encoder.encode_batch("imu", torch.randn(10, 6, 2000), batch_size=2, cancel=CancelledAfterTwoBatches())
     finally:
-        del encoder._forward
+        del tower.forward
     assert forwards == [2, 2]  # stopped before the third of five batches

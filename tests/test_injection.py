@@ -26,12 +26,13 @@ def test_a_batch_of_three_conditionings_gives_each_row_its_own_logits(tiny_model
 
 def _random_gqa(heads: int = 4, kv_heads: int = 2):
     """A random fp32 Llama with grouped-query attention and biases, and a random injection."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
+    from demo.backbone import Backbone
+
+    config = Backbone(context_length=64, kv_heads=kv_heads).llama_config(
         vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=heads,
-        num_key_value_heads=kv_heads, attention_bias=True, max_position_embeddings=64, rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
+        attention_bias=True,
     )
     generator = torch.Generator().manual_seed(0)
     llm = LlamaForCausalLM(config).eval()

@@ -60,7 +60,7 @@ def ib_data():
 
 
 def expected_shape(modality: str) -> tuple[int, ...]:
-    return tuple(int(n) for n in re.match(r"\[([\d, ]+)\]", MODALITIES[modality].sample_shape)[1].split(","))
+    return MODALITIES[modality].shape.resolve()
 
 
 # ----------------------------------------------------------------------------- registry

@@ -89,7 +89,7 @@ def test_embedding_files_round_trip(pipe, tmp_path):
 def test_cache_on_pulls_toward_cached_features(pipe, tmp_path):
     import faiss
 
-    from demo.cache import CacheConfig, VisualCache
+    from demo.cache import RetrievalSettings, VisualCache
 
     features = torch.nn.functional.normalize(torch.randn(50, pipe.embed_dim), dim=-1).numpy()
     index = faiss.IndexFlatIP(pipe.embed_dim)
@@ -97,16 +97,16 @@ def test_cache_on_pulls_toward_cached_features(pipe, tmp_path):
     pipe.cache = VisualCache(index, None, pipe.embed_dim)
     try:
         item = [InputItem("audio", _example((".wav",)))]
-        off = pipe.encode(item, CacheConfig(enabled=False))
-        on = pipe.encode(item, CacheConfig(enabled=True, index_path="in-memory", k=5, weight=0.5))
+        off = pipe.encode(item, RetrievalSettings(enabled=False))
+        on = pipe.encode(item, RetrievalSettings(enabled=True, index_path="in-memory", k=5, weight=0.5))
         assert on.neighbours is not None and on.neighbours.ids.shape == (1, 5)
         assert not torch.allclose(on.embedding, off.embedding)
         assert abs(on.embedding.norm().item() - 1) < 1e-5  # the cache re-normalises
-        small = pipe.encode(item, CacheConfig(enabled=True, k=80))  # more than the 50 entries
+        small = pipe.encode(item, RetrievalSettings(enabled=True, k=80))  # more than the 50 entries
         assert small.neighbours.ids.shape == (1, 50) and "using k=50" in small.notes[0]
     finally:
         pipe.cache = None
-    noted = pipe.encode(item, CacheConfig(enabled=True, index_path="x"))
+    noted = pipe.encode(item, RetrievalSettings(enabled=True, index_path="x"))
     assert any("cache is off" in note for note in noted.notes)
 
 
@@ -117,6 +117,21 @@ def test_history_is_dropped_oldest_first_to_fit(pipe):
     assert len(ids) + 16 <= context and dropped >= 1
     ids_all, dropped_none = pipe.prompt_ids("Q", [("a", "b")], max_new_tokens=16)
     assert dropped_none == 0 and ids_all[0] == pipe.model.tokenizer.bos_token_id
+
+
+def test_the_whole_answer_says_how_many_turns_were_dropped(pipe):
+    long_turn = ("word " * (pipe.model.context_length // 4), "answer")
+    _, dropped = pipe.prompt_ids("Q", [long_turn] * 6, max_new_tokens=2)
+    output = pipe("Q", history=[long_turn] * 6, generation=GenerationConfig(max_new_tokens=2, temperature=0.0))
+    assert dropped >= 1 and output.dropped_turns == dropped
+    assert pipe("Q", history=[("a", "b")], generation=GenerationConfig(max_new_tokens=2)).dropped_turns == 0
+
+
+def test_older_names_still_work(pipe):
+    from demo.cache import CacheConfig, RetrievalSettings
+
+    assert CacheConfig is RetrievalSettings  # README documented CacheConfig
+    assert pipe.cache_defaults is pipe.retrieval_defaults and not pipe.retrieval_defaults.enabled
 
 
 def test_over_long_question_is_a_clear_error(pipe):

@@ -26,10 +26,12 @@ from torch import Tensor, nn
 
 from demo.cancel import CancelToken, check
 from demo.encoders.point_bind import PointBindConfig, PointBindEncoder, is_point_key, load_point_bind, load_strictly
+from demo.preprocess import PreprocessConfig
 from demo.errors import InputError, WeightsError
-from demo.modalities import get_modality
+from demo.modalities import MODALITIES, get_modality
 
 CONFIG_FILENAME = "encoder_config.json"  # written next to the weights file
+WEIGHTS_NAME = "imagebind_w3D.pth"  # the released ImageBind-Huge + Point-Bind file
 
 # ImageBindModel keyword arguments. "huge" is Meta's `imagebind_huge()`; "tiny" (about 4 M
 # parameters, most in the 49408-token text embedding) runs every modality on CPU in milliseconds.
@@ -49,16 +51,35 @@ IMAGEBIND_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Preprocessing settings that an ImageBindModel argument fixes too: setting -> (argument,
+# ImageBindModel's default). The image size (224) is fixed inside ImageBindModel.
+_MODEL_FIXES = {"video_frames": ("video_frames", 2), "audio_num_mel_bins": ("audio_num_mel_bins", 128),
+                "audio_target_len": ("audio_target_len", 204), "image_size": (None, 224), "text_context": (None, 77),
+                "imu_steps": (None, 2000), "imu_channels": (None, 6)}
+
+
 @dataclass
 class EncoderConfig:
-    """ImageBindModel keyword arguments plus the point encoder's sizes (None: no point encoder)."""
+    """The encoder's whole description, saved as `encoder_config.json` beside its weights.
+
+    imagebind: ImageBindModel keyword arguments. point: the point encoder's sizes (None: no point
+    encoder). preprocess: how inputs are prepared for these towers (`demo.preprocess`;
+    a file written before this field existed holds the release's)."""
 
     imagebind: dict[str, Any]
     point: PointBindConfig | None = field(default_factory=PointBindConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def __post_init__(self) -> None:
         if self.point is not None and self.point.out_dim != self.out_dim:
             raise ValueError(f"point out_dim {self.point.out_dim} differs from ImageBind's out_embed_dim {self.out_dim}")
+        for setting, (argument, default) in _MODEL_FIXES.items():
+            model_value = self.imagebind.get(argument, default) if argument else default
+            if getattr(self.preprocess, setting) != model_value:
+                raise ValueError(
+                    f"preprocess.{setting}={getattr(self.preprocess, setting)} does not fit the ImageBind towers, "
+                    f"which take {model_value}" + (f" (imagebind argument {argument})" if argument else "")
+                )
 
     @property
     def out_dim(self) -> int:
@@ -71,18 +92,91 @@ class EncoderConfig:
         return cls(dict(IMAGEBIND_PRESETS[name]), PointBindConfig.preset(name))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"imagebind": dict(self.imagebind), "point": None if self.point is None else self.point.to_dict()}
+        return {"imagebind": dict(self.imagebind), "point": None if self.point is None else self.point.to_dict(),
+                "preprocess": self.preprocess.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EncoderConfig:
         # JSON turns tuples (e.g. kernel_size) into lists; ImageBind compares some of them to tuples.
         imagebind = {k: tuple(v) if isinstance(v, list) else v for k, v in data["imagebind"].items()}
         point = data.get("point")
-        return cls(imagebind, None if point is None else PointBindConfig.from_dict(point))
+        return cls(imagebind, None if point is None else PointBindConfig.from_dict(point),
+                   PreprocessConfig.from_dict(data.get("preprocess")))
+
+
+class Tower:
+    """One encoder tower as the encoder drives it: the modules it moves to the device, and its
+    forward pass with and without the final normalise-and-scale. Subclasses add their checks."""
+
+    modules: list[nn.Module]
+    float32_input = False  # takes float32 whatever the model dtype
+
+    def forward(self, batch: Tensor) -> Tensor:  # (B, *sample) -> (B, out_dim), normalised and scaled
+        raise NotImplementedError
+
+    def forward_unnormalised(self, batch: Tensor) -> Tensor:  # (B, *sample) -> (B, out_dim), the head's output
+        raise NotImplementedError
+
+    def check_samples(self, modality: str, samples: Tensor) -> None:
+        """Raise InputError for samples this tower cannot take (shape and values already checked)."""
+
+
+class ImageBindTower(Tower):
+    """One modality of Meta's ImageBindModel (preprocessor, trunk, head, postprocessor)."""
+
+    def __init__(self, model: nn.Module, key: str):
+        self.model, self.key = model, key
+        self.modules = [getattr(model, part)[key] for part in
+                        ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")]
+
+    def forward(self, batch: Tensor) -> Tensor:
+        return self.model({self.key: batch})[self.key]  # ImageBind averages clips/views of 5-D+ inputs
+
+    def forward_unnormalised(self, batch: Tensor) -> Tensor:
+        model, key = self.model, self.key
+        clips = batch.ndim >= 5  # audio and video: [B, S, ...], S clips or views per sample
+        if clips:
+            b, s = batch.shape[:2]
+            batch = batch.reshape(b * s, *batch.shape[2:])
+        value = model.modality_preprocessors[key](**{key: batch})
+        value = model.modality_heads[key](model.modality_trunks[key](**value["trunk"]), **value["head"])  # (B[*S], out_dim)
+        return value.reshape(b, s, -1).mean(dim=1) if clips else value  # ImageBind's clip average, before normalising
+
+
+class PointBindTower(Tower):
+    """Point-Bind's point encoder; grouping runs in float32 whatever the model dtype
+    (see point_bind.group_points)."""
+
+    float32_input = True
+
+    def __init__(self, encoder: PointBindEncoder):
+        self.encoder = encoder
+        self.modules = [encoder]
+
+    def forward(self, batch: Tensor) -> Tensor:
+        return self.encoder(batch)
+
+    def forward_unnormalised(self, batch: Tensor) -> Tensor:
+        return self.encoder.head(self.encoder.point_trunk(batch))
+
+    def check_samples(self, modality: str, samples: Tensor) -> None:
+        config = self.encoder.config
+        if samples.shape[1] < (needed := max(config.num_group, config.group_size)):
+            raise InputError(f"point cloud has {samples.shape[1]} points; the encoder needs at least {needed}")
+
+
+# What to do when a modality's tower is missing from the loaded weights (default: a generic fix).
+MISSING_TOWER_FIX = {
+    "point": "point clouds need the Point-Bind encoder, which the loaded weights lack (no point_trunk.* keys): "
+             "load imagebind_w3D.pth instead of imagebind_huge.pth",
+}
 
 
 class MultimodalEncoder:
-    """Preprocessed sample of any modality -> its ImageBind embedding (float32, on the CPU)."""
+    """Preprocessed sample of any modality -> its ImageBind embedding (float32, on the CPU).
+
+    Each modality's row (`demo.modalities`) names its tower and its sample layout; `towers` maps
+    tower keys to the loaded towers, so no modality is special-cased here."""
 
     def __init__(
         self,
@@ -95,6 +189,9 @@ class MultimodalEncoder:
         self.config = config
         self.imagebind = imagebind.eval().requires_grad_(False)
         self.point = None if point is None else point.eval().requires_grad_(False)
+        self.towers: dict[str, Tower] = {key: ImageBindTower(self.imagebind, key) for key in self.imagebind.modality_trunks}
+        if self.point is not None:
+            self.towers["point"] = PointBindTower(self.point)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # Half precision where it is fast (GPU); CPU kernels for fp16 are slow or missing.
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
@@ -155,8 +252,7 @@ class MultimodalEncoder:
     @property
     def modalities(self) -> tuple[str, ...]:
         """Modality names this encoder can encode (point only with Point-Bind weights)."""
-        keys = set(self.imagebind.modality_trunks) | ({"point"} if self.point is not None else set())
-        return tuple(name for name in _SAMPLE_SHAPES if get_modality(name).imagebind_key in keys)
+        return tuple(name for name, row in MODALITIES.items() if row.tower and row.tower in self.towers)
 
     def encode(self, modality: str, sample: Tensor, *, cancel: CancelToken | None = None) -> Tensor:
         """One preprocessed sample (layout: `demo.modalities`) -> embedding [out_dim], float32, CPU."""
@@ -179,100 +275,57 @@ class MultimodalEncoder:
         sample's clips or views go through the tower together, as in ImageBind, so that the
         embedding stays ImageBind's); a cancelled request raises `Cancelled` there.
         `normalised=False` stops after the modality head (see `encode_unnormalised`)."""
-        self._check_samples(modality, samples)
-        key = get_modality(modality).imagebind_key
+        tower = self._check_samples(modality, samples)
+        key = get_modality(modality).tower
         check(cancel)
         self._place(key)  # outside inference mode, so the moved weights stay ordinary tensors
         outputs = []
         with torch.inference_mode():
             for chunk in samples.split(batch_size):
                 check(cancel)
-                outputs.append(self._forward(key, chunk) if normalised else self._forward_unnormalised(key, chunk))
+                # Token ids stay integers; everything else takes the tower's dtype (or float32).
+                dtype = torch.float32 if tower.float32_input else self.dtype
+                chunk = chunk.to(self.device, dtype if chunk.is_floating_point() else None)
+                out = tower.forward(chunk) if normalised else tower.forward_unnormalised(chunk)
+                outputs.append(out.float().cpu())
         return torch.cat(outputs)
-
-    def _forward(self, key: str, batch: Tensor) -> Tensor:
-        if key == "point":
-            # Grouping runs in float32 whatever the model dtype (see point_bind.group_points).
-            out = self.point(batch.to(self.device, torch.float32))
-        else:
-            # Token ids stay integers; everything else takes the tower's dtype.
-            batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
-            out = self.imagebind({key: batch})[key]  # ImageBind averages clips/views of 5-D+ inputs
-        return out.float().cpu()
-
-    def _forward_unnormalised(self, key: str, batch: Tensor) -> Tensor:
-        """`_forward` without the postprocessor (normalise and scale): the head's output [B, out_dim]."""
-        if key == "point":
-            point = self.point
-            return point.head(point.point_trunk(batch.to(self.device, torch.float32))).float().cpu()
-        model = self.imagebind
-        batch = batch.to(self.device, self.dtype if batch.is_floating_point() else None)
-        clips = batch.ndim >= 5  # audio and video: [B, S, ...], S clips or views per sample
-        if clips:
-            b, s = batch.shape[:2]
-            batch = batch.reshape(b * s, *batch.shape[2:])
-        value = model.modality_preprocessors[key](**{key: batch})
-        value = model.modality_heads[key](model.modality_trunks[key](**value["trunk"]), **value["head"])  # (B[*S], out_dim)
-        value = value.reshape(b, s, -1).mean(dim=1) if clips else value  # ImageBind's clip average, before normalising
-        return value.float().cpu()
 
     def _place(self, key: str) -> None:
         """Move one tower to (device, dtype) the first time it is used (see the module docstring)."""
         with self._place_lock:
             if key in self._placed:
                 return
-            modules = [self.point] if key == "point" else [
-                getattr(self.imagebind, part)[key]
-                for part in ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
-            ]
-            for module in modules:
+            for module in self.towers[key].modules:
                 module.to(self.device, self.dtype)
             self._placed.add(key)
 
-    def _check_samples(self, modality: str, samples: Tensor) -> None:
-        """Raise InputError (or WeightsError for a missing point branch) before any compute."""
+    def _check_samples(self, modality: str, samples: Tensor) -> Tower:
+        """Raise InputError (or WeightsError for a tower the weights lack) before any compute;
+        return the modality's tower."""
         if not isinstance(samples, Tensor):
             raise InputError(f"{modality} samples must be a torch.Tensor, got {type(samples).__name__}")
-        key = get_modality(modality).imagebind_key
-        if not key:
+        row = get_modality(modality)
+        if not row.tower:
             raise InputError(f"{modality!r} inputs are ImageBind embeddings already; there is nothing to encode")
-        if key == "point" and self.point is None:
-            raise WeightsError(
-                "point clouds need the Point-Bind encoder, which the loaded weights lack "
-                "(no point_trunk.* keys): load imagebind_w3D.pth instead of imagebind_huge.pth"
-            )
-        expected = _SAMPLE_SHAPES[modality](self.config)
+        if row.tower not in self.towers:
+            raise WeightsError(MISSING_TOWER_FIX.get(
+                row.tower, f"{modality} inputs need the {row.tower!r} tower, which the loaded encoder weights lack"))
+        expected = row.shape.accepted(self.config.preprocess)
         got = tuple(samples.shape[1:])
         if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
             layout = ", ".join("any" if e is None else str(e) for e in expected)
-            raise InputError(f"{modality} sample has shape {list(got)}; expected [{layout}] ({get_modality(modality).sample_shape})")
+            raise InputError(f"{modality} sample has shape {list(got)}; expected [{layout}] "
+                             f"({row.shape.describe(self.config.preprocess)})")
         if samples.shape[0] == 0:
             raise InputError(f"no {modality} samples to encode")
-        if modality == "text":
+        if row.shape.dtype == "int64":
             if samples.is_floating_point():
-                raise InputError(f"text samples must be integer token ids, got {samples.dtype}")
+                raise InputError(f"{modality} samples must be integer token ids, got {samples.dtype}")
         elif not torch.isfinite(samples).all():
             raise InputError(f"{modality} sample contains NaN or infinite values")
-        if key == "point" and got[0] < (needed := max(self.config.point.num_group, self.config.point.group_size)):
-            raise InputError(f"point cloud has {got[0]} points; the encoder needs at least {needed}")
-
-
-def _kwarg(config: EncoderConfig, name: str, default: int) -> int:
-    return config.imagebind.get(name, default)  # default: ImageBindModel's own
-
-
-# Per-sample shapes (None: any size) as ImageBind's preprocessors expect them; 224, 77 and the IMU
-# window are fixed inside ImageBindModel. Video/audio: any number of clips or views.
-_SAMPLE_SHAPES = {
-    "image": lambda c: (3, 224, 224),
-    "video": lambda c: (None, 3, _kwarg(c, "video_frames", 2), 224, 224),
-    "audio": lambda c: (None, 1, _kwarg(c, "audio_num_mel_bins", 128), _kwarg(c, "audio_target_len", 204)),
-    "text": lambda c: (77,),
-    "point": lambda c: (None, 3),
-    "depth": lambda c: (1, 224, 224),
-    "thermal": lambda c: (1, 224, 224),
-    "imu": lambda c: (6, 2000),
-}
+        tower = self.towers[row.tower]
+        tower.check_samples(modality, samples)
+        return tower
 
 
 def _resolve_config(path: Path, config: EncoderConfig | str | None) -> EncoderConfig:

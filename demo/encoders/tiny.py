@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-from demo.encoders.encoder import CONFIG_FILENAME, EncoderConfig, MultimodalEncoder
+from demo.encoders.encoder import CONFIG_FILENAME, WEIGHTS_NAME, EncoderConfig, MultimodalEncoder
 
-WEIGHTS_FILENAME = "imagebind_w3D.pth"
 
 
 def write_tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
@@ -27,7 +26,7 @@ def write_tiny_encoder(folder: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         encoder = MultimodalEncoder.from_config(config, device="cpu")
     state_dict = {**encoder.imagebind.state_dict(), **encoder.point.released_state_dict()}
-    path = folder / WEIGHTS_FILENAME
+    path = folder / WEIGHTS_NAME
     torch.save(state_dict, path)
     (folder / CONFIG_FILENAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return path

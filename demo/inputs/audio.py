@@ -24,12 +24,14 @@ from demo.cancel import CancelToken, check
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, clip_start_times, describe, require_finite
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
-SAMPLE_RATE = 16_000
-CLIP_SECONDS = 2
-NUM_CLIPS = 3
-NUM_MEL_BINS = 128
-TARGET_FRAMES = 204  # 2 s at a 10 ms shift gives 198 frames; ImageBind pads to 204
+# The release's preprocessing (demo.preprocess).
+SAMPLE_RATE = RELEASE.audio_sample_rate
+CLIP_SECONDS = RELEASE.audio_clip_seconds
+NUM_CLIPS = RELEASE.audio_clips
+NUM_MEL_BINS = RELEASE.audio_num_mel_bins
+TARGET_FRAMES = RELEASE.audio_target_len  # 2 s at a 10 ms shift gives 198 frames; ImageBind pads to 204
 FRAME_LENGTH_MS, FRAME_SHIFT_MS = 25, 10
 FBANK_MEAN, FBANK_STD = -4.268, 9.138  # AudioSet log-mel statistics used by ImageBind
 MIN_SAMPLES = SAMPLE_RATE * FRAME_LENGTH_MS // 1000  # one fbank frame (400 samples)

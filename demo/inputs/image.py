@@ -16,14 +16,15 @@ from demo.errors import InputError
 from demo.inputs.common import Source, check_file, check_shape, describe, is_path
 from demo.inputs.limits import InputLimits
 from demo.modalities import get_modality
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     from PIL import Image
 
-IMAGE_SIZE = 224
-# CLIP's normalisation, which ImageBind's frozen vision tower was trained with.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# The release's preprocessing (demo.preprocess): CLIP's size and normalisation.
+IMAGE_SIZE = RELEASE.image_size
+CLIP_MEAN = RELEASE.image_mean
+CLIP_STD = RELEASE.image_std
 
 # Pillow modes holding more than 8 bits per sample (16-bit PNG/TIFF, 32-bit int, float).
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")

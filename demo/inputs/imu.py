@@ -22,9 +22,10 @@ from demo.cancel import CancelToken, check
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, describe, is_path, load_npy, require_finite
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
-CHANNELS = 6
-STEPS = 2000
+CHANNELS = RELEASE.imu_channels  # the release's preprocessing (demo.preprocess)
+STEPS = RELEASE.imu_steps
 MIN_STEPS = 2  # linear interpolation needs two samples
 
 

@@ -18,6 +18,8 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class InputLimits:
+    """The resource budget of one request (see the module docstring); every field has its reason beside it."""
+
     # --- raster inputs (image, depth, thermal) ---
     # 64 MP: a 8000 x 8000 photo decodes to ~190 MB RGB. Checked from the header (before
     # decoding), so a decompression bomb (tiny file, huge canvas) is rejected without decoding.

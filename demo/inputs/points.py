@@ -35,8 +35,9 @@ from demo.errors import InputError
 from demo.inputs.common import (Source, check_file, check_zip_members, describe, is_path, load_npy,
                                 require_finite)
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
-NUM_POINTS = 8192
+NUM_POINTS = RELEASE.point_count  # the release's preprocessing (demo.preprocess)
 SUBSAMPLE_POINTS = 2 * NUM_POINTS  # random pre-reduction before FPS; FPS cost ~ k * this
 SEED = 0
 POINT_BYTES = 3 * 8  # open3d holds each point as three float64 (more with colours / normals)

@@ -25,11 +25,12 @@ from demo.cancel import CancelToken, check
 from demo.errors import InputError
 from demo.inputs.common import Source, check_file, describe
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     from imagebind.models.multimodal_preprocessors import SimpleTokenizer
 
-CONTEXT_LENGTH = 77
+CONTEXT_LENGTH = RELEASE.text_context  # the release's preprocessing (demo.preprocess)
 CACHE_WORDS = 10_000  # a few MB at most; common words stay cached
 
 

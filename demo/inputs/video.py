@@ -35,14 +35,15 @@ from demo.errors import InputError
 from demo.inputs.common import Source, check_file, check_shape, clip_start_times, describe
 from demo.inputs.image import CLIP_MEAN, CLIP_STD, IMAGE_SIZE
 from demo.inputs.limits import InputLimits
+from demo.preprocess import RELEASE
 
 if TYPE_CHECKING:
     import av
 
-CLIP_SECONDS = 2
-NUM_CLIPS = 5
-FRAMES_PER_CLIP = 2
-NUM_CROPS = 3
+# The release's preprocessing (demo.preprocess); frames per clip and crops are fixed
+# by `first_and_last_frames` and `three_crops` below.
+CLIP_SECONDS = RELEASE.video_clip_seconds
+NUM_CLIPS = RELEASE.video_clips
 
 
 def stream_duration(

@@ -126,7 +126,7 @@ class PartDecoder:
         return InputItem(modality, self._write(data, name, modality, where), float(weight), name=f"{where} ({name})")
 
     def _write(self, data: bytes, name: str, modality: str, where: str) -> str:
-        limit = getattr(self.limits, f"{modality}_max_bytes")
+        limit = get_modality(modality).max_bytes(self.limits)
         if len(data) > limit:
             raise APIError(413, f"{where}: {name} is {len(data) / 2**20:.1f} MiB; {modality} inputs are limited to "
                                 f"{limit / 2**20:.1f} MiB", param=where, code="input_too_large")

@@ -15,24 +15,27 @@ from torch.nn import functional as F
 from ..arithmetic import mix_embeddings as mix_vectors
 from ..chat_request import ChatRequest, infer_modality
 from ..errors import InputError
+from ..modalities import documented
 from ..pipeline import ImageBindLLMPipeline, InputItem
 
 NO_CACHE = "no visual cache is loaded on this server: start it with --cache PATH (README, Visual cache)"
 
 
+@documented
 def describe_inputs(pipe: ImageBindLLMPipeline, question: str, paths: Sequence[str] = (),
                     weights: Sequence[float] | None = None) -> str:
     """The model's answer to `question` about the files (mixed with `weights` in [-1, 1], default all 1;
-    each file's modality from its suffix). Checked as the app's /chat checks its arguments."""
+    each file's modality, one of {modalities}, from its suffix). Checked as the app's /chat checks its arguments."""
     request = ChatRequest.parse(question, list(paths), None, None if weights is None else list(weights),
                                 limits=pipe.limits, generation_defaults=pipe.generation_defaults,
-                                cache_defaults=pipe.cache_defaults)
+                                cache_defaults=pipe.retrieval_defaults)
     return pipe(request.question, request.inputs, generation=request.generation, cache=request.cache).text
 
 
+@documented
 def embed_file(pipe: ImageBindLLMPipeline, path: str, modality: str | None = None) -> dict:
     """{"modality", "dim", "embedding"}: the file's unit-norm ImageBind embedding as floats; the modality
-    from the file's suffix (demo.modalities) unless given."""
+    ({modalities}) from the file's suffix (demo.modalities) unless given."""
     item = InputItem(infer_modality(Path(path).name, modality), str(path), name=Path(path).name)
     vector = pipe.embed(item)  # (E,) unit norm
     return {"modality": item.modality, "dim": int(vector.numel()), "embedding": vector.tolist()}

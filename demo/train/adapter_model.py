@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..backbone import RELEASE as RELEASE_BACKBONE
+from ..backbone import Backbone
 from ..bind_network import BindNetwork, rename_official_bind_key
 from ..convert import (
     ADAPTER_GATE,
@@ -123,18 +125,19 @@ class AdapterModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        backbone: Backbone = RELEASE_BACKBONE,
     ) -> "AdapterModel":
-        """The base LLaMA (+ delta) in `dtype`, a fresh adapter in fp32 (seeded)."""
+        """The base LLaMA (+ delta) in `dtype`, a fresh adapter in fp32 (seeded). `backbone`: the
+        settings the weights do not carry (context, rope base, ...; demo/backbone.py), the ones
+        `demo.convert` records in the converted folder."""
         from accelerate import init_empty_weights
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaForCausalLM
 
         shape = base.shape
-        config = LlamaConfig(
+        config = backbone.llama_config(
             vocab_size=shape.vocab_size, hidden_size=shape.dim, intermediate_size=shape.intermediate,
-            num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_heads,
-            hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=shape.norm_eps, rope_theta=10000.0,
+            num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads, rms_norm_eps=shape.norm_eps,
             attention_bias=False, mlp_bias=False,  # the adapter's biases live in LoRAProjection
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
         )
         with init_empty_weights():  # no random init of billions of weights that are replaced next
             llm = LlamaForCausalLM(config)
