@@ -120,6 +120,11 @@ class ImageBindLLM(nn.Module):
         if quantization in TORCHAO_QUANTIZATION:
             _torchao_quantize(llm, TORCHAO_QUANTIZATION[quantization])
         tokenizer = AutoTokenizer.from_pretrained(llm_dir, trust_remote_code=False)  # never code from the folder
+        if (tokenizer.bos_token_id, tokenizer.eos_token_id) != (backbone.bos_token_id, backbone.eos_token_id):
+            raise WeightsError(
+                f"{llm_dir}: the tokenizer's BOS/EOS ids are {tokenizer.bos_token_id}/{tokenizer.eos_token_id}, the backbone's "
+                f"{backbone.bos_token_id}/{backbone.eos_token_id}: prompts would start and stop on the wrong tokens. {HOSTILE_FIX}"
+            )
 
         state = load_file(str(folder / meta["adapter"]))
         bind_state = {k.removeprefix("bind."): v for k, v in state.items() if k.startswith("bind.")}
