@@ -199,9 +199,9 @@ def folder_backbone(folder: Path, meta: dict) -> Backbone:
     config = _read_json(Path(folder) / meta["llm"] / "config.json")
     try:
         backbone = read_backbone(meta, config)
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{Path(folder) / CONFIG_NAME}: {exc}. {INCOMPLETE_FIX}") from None
-    described = Backbone.from_llm_config(config, base=backbone)
+        described = Backbone.from_llm_config(config, base=backbone)
+    except (TypeError, ValueError) as exc:  # a value of the wrong type in either file
+        raise WeightsError(f"{Path(folder) / CONFIG_NAME} or its llm/config.json: {exc}. {INCOMPLETE_FIX}") from None
     if described != backbone:
         raise WeightsError(
             f"{Path(folder) / CONFIG_NAME} records the backbone {backbone}, but {Path(folder) / meta['llm'] / 'config.json'} "

@@ -64,6 +64,12 @@ def test_a_recorded_backbone_that_config_json_contradicts_is_refused(tiny_conver
     (folder / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="unknown backbone settings"):
         ImageBindLLM.from_pretrained(folder, device="cpu")
+    del meta[FOLDER_KEY]
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    (folder / "llm" / "config.json").write_text(json.dumps({**config, "bos_token_id": [1]}))
+    with pytest.raises(WeightsError, match="llm/config.json"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
 
 
 def test_a_backbone_whose_ids_the_tokenizer_does_not_give_is_refused(tiny_converted, tmp_path):
