@@ -110,38 +110,44 @@ def _import(reference: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
-def _image_like(name: str, label: str, icon: str, suffixes: tuple[str, ...], api: str, **extra) -> Modality:
-    """A one-channel raster read by the vision-like towers of the same name."""
-    return Modality(name, label, icon, name, suffixes, SampleShape((1, "image_size", "image_size")),
-                    f"demo.inputs.{name}:load_{name}", api, **extra)
+_RASTER = SampleShape((1, "image_size", "image_size"))  # one channel, short side resized and centre-cropped
 
-
+# One row per modality; a new one is a loader module (demo/inputs/) plus a row here.
 _ROWS = (
-    Modality("image", "Image", "🖼️", "vision", (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"),
-             SampleShape((3, "image_size", "image_size")), "demo.inputs.image:load_image",
-             "a photo or picture", capture=("upload", "webcam")),
-    Modality("video", "Video", "🎬", "vision", (".mp4", ".webm", ".mov", ".avi", ".mkv"),
-             SampleShape(("video_views", 3, "video_frames", "image_size", "image_size"), any_first=True,
-                         axes="5 clips x 3 crops, C, T, H, W"),
-             "demo.inputs.video:load_video", "a video (5 two-second clips are seen, not the sound track)"),
-    Modality("audio", "Audio", "🔊", "audio", (".wav", ".flac", ".ogg", ".mp3"),
-             SampleShape(("audio_clips", 1, "audio_num_mel_bins", "audio_target_len"), any_first=True,
-                         axes="3 clips of Kaldi fbank"),
-             "demo.inputs.audio:load_audio", "a sound recording", capture=("upload", "microphone")),
-    Modality("text", "Text", "📝", "text", (".txt",), SampleShape(("text_context",), "int64", axes="token ids"),
-             "demo.inputs.text:load_text", "a UTF-8 text file, encoded as ImageBind text (an input to mix, not the question)",
+    Modality(name="image", label="Image", icon="🖼️", tower="vision",
+             suffixes=(".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"),
+             shape=SampleShape((3, "image_size", "image_size")), loader="demo.inputs.image:load_image",
+             api="a photo or picture", capture=("upload", "webcam")),
+    Modality(name="video", label="Video", icon="🎬", tower="vision", suffixes=(".mp4", ".webm", ".mov", ".avi", ".mkv"),
+             shape=SampleShape(("video_views", 3, "video_frames", "image_size", "image_size"), any_first=True,
+                               axes="5 clips x 3 crops, C, T, H, W"),
+             loader="demo.inputs.video:load_video", api="a video (5 two-second clips are seen, not the sound track)"),
+    Modality(name="audio", label="Audio", icon="🔊", tower="audio", suffixes=(".wav", ".flac", ".ogg", ".mp3"),
+             shape=SampleShape(("audio_clips", 1, "audio_num_mel_bins", "audio_target_len"), any_first=True,
+                               axes="3 clips of Kaldi fbank"),
+             loader="demo.inputs.audio:load_audio", api="a sound recording", capture=("upload", "microphone")),
+    Modality(name="text", label="Text", icon="📝", tower="text", suffixes=(".txt",),
+             shape=SampleShape(("text_context",), "int64", axes="token ids"), loader="demo.inputs.text:load_text",
+             api="a UTF-8 text file, encoded as ImageBind text (an input to mix, not the question)",
              capture=("upload", "typed")),
-    Modality("point", "Point cloud", "🧊", "point", (".ply", ".pcd", ".xyz", ".pts", ".npy", ".npz", ".obj", ".pt"),
-             SampleShape(("point_count", 3), any_first=True, axes="points, xyz"),
-             "demo.inputs.points:load_points", "a 3D point cloud or mesh (x, y, z per point)",
+    Modality(name="point", label="Point cloud", icon="🧊", tower="point",
+             suffixes=(".ply", ".pcd", ".xyz", ".pts", ".npy", ".npz", ".obj", ".pt"),
+             shape=SampleShape(("point_count", 3), any_first=True, axes="points, xyz"),
+             loader="demo.inputs.points:load_points", api="a 3D point cloud or mesh (x, y, z per point)",
              preview="demo.inputs.preview:point_cloud_preview"),
-    _image_like("depth", "Depth", "🌊", (".png", ".npy", ".tif", ".tiff"), "a depth map (16-bit PNG in millimetres, or metres as .npy)"),
-    _image_like("thermal", "Thermal", "🌡️", (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"), "a thermal (infrared) image"),
-    Modality("imu", "IMU", "📈", "imu", (".npy", ".csv"), SampleShape(("imu_channels", "imu_steps"), axes="acc xyz + gyro xyz, time"),
-             "demo.inputs.imu:load_imu", "an IMU recording: accelerometer and gyroscope x, y, z over time"),
-    # A precomputed ImageBind-Huge embedding (.npy / .pt / .safetensors), for researchers.
-    Modality("embedding", "Embedding", "🧬", "", (".npy", ".pt", ".safetensors"), SampleShape((1024,)),
-             "demo.inputs.embedding:load_embedding", "a precomputed 1024-d ImageBind embedding"),
+    Modality(name="depth", label="Depth", icon="🌊", tower="depth", suffixes=(".png", ".npy", ".tif", ".tiff"),
+             shape=_RASTER, loader="demo.inputs.depth:load_depth",
+             api="a depth map (16-bit PNG in millimetres, or metres as .npy)"),
+    Modality(name="thermal", label="Thermal", icon="🌡️", tower="thermal",
+             suffixes=(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"),
+             shape=_RASTER, loader="demo.inputs.thermal:load_thermal", api="a thermal (infrared) image"),
+    Modality(name="imu", label="IMU", icon="📈", tower="imu", suffixes=(".npy", ".csv"),
+             shape=SampleShape(("imu_channels", "imu_steps"), axes="acc xyz + gyro xyz, time"),
+             loader="demo.inputs.imu:load_imu", api="an IMU recording: accelerometer and gyroscope x, y, z over time"),
+    # A precomputed ImageBind-Huge embedding, for researchers: no tower, used as it is.
+    Modality(name="embedding", label="Embedding", icon="🧬", tower="", suffixes=(".npy", ".pt", ".safetensors"),
+             shape=SampleShape((1024,)), loader="demo.inputs.embedding:load_embedding",
+             api="a precomputed 1024-d ImageBind embedding"),
 )
 MODALITIES: dict[str, Modality] = {m.name: m for m in _ROWS}
 

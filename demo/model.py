@@ -120,6 +120,11 @@ class ImageBindLLM(nn.Module):
         if quantization in TORCHAO_QUANTIZATION:
             _torchao_quantize(llm, TORCHAO_QUANTIZATION[quantization])
         tokenizer = AutoTokenizer.from_pretrained(llm_dir, trust_remote_code=False)  # never code from the folder
+        if (tokenizer.bos_token_id, tokenizer.eos_token_id) != (backbone.bos_token_id, backbone.eos_token_id):
+            raise WeightsError(
+                f"{llm_dir}: the tokenizer's BOS/EOS ids are {tokenizer.bos_token_id}/{tokenizer.eos_token_id}, the backbone's "
+                f"{backbone.bos_token_id}/{backbone.eos_token_id}: prompts would start and stop on the wrong tokens. {HOSTILE_FIX}"
+            )
 
         state = load_file(str(folder / meta["adapter"]))
         bind_state = {k.removeprefix("bind."): v for k, v in state.items() if k.startswith("bind.")}
@@ -194,9 +199,9 @@ def folder_backbone(folder: Path, meta: dict) -> Backbone:
     config = _read_json(Path(folder) / meta["llm"] / "config.json")
     try:
         backbone = read_backbone(meta, config)
-    except (TypeError, ValueError) as exc:
-        raise WeightsError(f"{Path(folder) / CONFIG_NAME}: {exc}. {INCOMPLETE_FIX}") from None
-    described = Backbone.from_llm_config(config, base=backbone)
+        described = Backbone.from_llm_config(config, base=backbone)
+    except (TypeError, ValueError) as exc:  # a value of the wrong type in either file
+        raise WeightsError(f"{Path(folder) / CONFIG_NAME} or its llm/config.json: {exc}. {INCOMPLETE_FIX}") from None
     if described != backbone:
         raise WeightsError(
             f"{Path(folder) / CONFIG_NAME} records the backbone {backbone}, but {Path(folder) / meta['llm'] / 'config.json'} "

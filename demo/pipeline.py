@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .cache import RetrievalResult, RetrievalSettings, VisualCache
     from .encoders.encoder import MultimodalEncoder
     from .imagine import ImageGenerator, ImageSettings
+    from .inputs.common import Source
     from .inputs.limits import InputLimits
     from .model import ImageBindLLM
 
@@ -61,7 +62,7 @@ class InputItem:
     """
 
     modality: str
-    source: Any  # str | os.PathLike | PIL.Image.Image | numpy.ndarray | torch.Tensor, by modality
+    source: Source
     weight: float = 1.0
     name: str | None = None
 
@@ -373,7 +374,7 @@ class ImageBindLLMPipeline:
 
         def ids_without(dropped: int) -> list[int]:
             text = format_prompt(question, input_text, history[dropped:])
-            return [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
+            return [self.model.backbone.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
 
         # The fewest dropped turns whose prompt fits: more turns never take fewer tokens.
         low, high = first, len(history)

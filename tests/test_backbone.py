@@ -64,6 +64,23 @@ def test_a_recorded_backbone_that_config_json_contradicts_is_refused(tiny_conver
     (folder / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="unknown backbone settings"):
         ImageBindLLM.from_pretrained(folder, device="cpu")
+    del meta[FOLDER_KEY]
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    (folder / "llm" / "config.json").write_text(json.dumps({**config, "bos_token_id": [1]}))
+    with pytest.raises(WeightsError, match="llm/config.json"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
+
+
+def test_a_backbone_whose_ids_the_tokenizer_does_not_give_is_refused(tiny_converted, tmp_path):
+    folder = Path(shutil.copytree(tiny_converted, tmp_path / "ids"))
+    meta = _meta(folder)
+    meta[FOLDER_KEY]["bos_token_id"] = 5
+    (folder / CONFIG_NAME).write_text(json.dumps(meta))
+    config = json.loads((folder / "llm" / "config.json").read_text())
+    (folder / "llm" / "config.json").write_text(json.dumps({**config, "bos_token_id": 5}))
+    with pytest.raises(WeightsError, match="BOS/EOS ids are 1/2, the backbone's 5/2"):
+        ImageBindLLM.from_pretrained(folder, device="cpu")
 
 
 def test_another_backbone_reaches_config_json_and_the_model(tiny_release, tmp_path):
