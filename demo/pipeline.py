@@ -154,6 +154,9 @@ class ImageBindLLMPipeline:
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
+        from .serve import zerogpu
+
+        on_zerogpu = zerogpu.detect()  # imports `spaces` on a ZeroGPU Space, before anything touches CUDA
         folder = _preset_folder(str(name_or_path), home) if str(name_or_path) in PRESETS else Path(name_or_path)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
@@ -165,14 +168,15 @@ class ImageBindLLMPipeline:
             from .cache import VisualCache
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
-        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile)
+        # ZeroGPU: no engine thread; each request's decoding runs in its @spaces.GPU call's thread.
+        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile, background=not on_zerogpu)
         image_generator = None
         if unclip_path is not None or meta.get("unclip"):
             from .imagine import UnCLIPGenerator
 
             unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
             image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
-        return cls(
+        return (zerogpu.ZeroGPUPipeline if on_zerogpu else cls)(
             model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
             image_generator=image_generator,
         )
@@ -358,7 +362,11 @@ class ImageBindLLMPipeline:
             logger.info("dropped %d oldest turns to fit the context", dropped)
         room = self.model.context_length - len(ids)
         config = GenerationConfig(**{**generation.to_dict(), "max_new_tokens": min(int(generation.max_new_tokens), room)})
-        stream = self.engine.submit(Request(ids, conditioning.terms, config, STOP_STRINGS + tuple(stop), cancel), state)
+        yield from self._decode(Request(ids, conditioning.terms, config, STOP_STRINGS + tuple(stop), cancel), state)
+
+    def _decode(self, request: Request, state: GenerationState | None) -> Iterator[str]:
+        """The engine's part of `stream` (on ZeroGPU it runs inside `@spaces.GPU`: demo/serve/zerogpu.py)."""
+        stream = self.engine.submit(request, state)
         try:
             yield from stream
         finally:
