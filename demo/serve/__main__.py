@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> None:
 
     weights, options, kwargs = settings(args)
     if args.ray:
-        from .ray_app import RayServeConfig, run_ray
+        from .ray_app import ray_config, run_ray
 
-        config = RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
-                                max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=kwargs)
+        config = ray_config(args, kwargs)
         print(f"serving {options.model_name!r} on Ray Serve ({args.replicas} replicas) at http://{args.host}:{args.port}/v1", flush=True)
         run_ray(weights, options, config, args.host, args.port)
         return

@@ -102,9 +102,13 @@ def build_app(args: dict[str, Any]):
     if unknown:
         raise ValueError(f"unknown args in the Serve config: {unknown} (the options of `python -m demo.serve --help`, without the dashes)")
     weights, options, kwargs = settings(parsed, base=ROOT)
-    config = RayServeConfig(replicas=parsed.replicas, gpus_per_replica=parsed.gpus_per_replica, cpus_per_replica=parsed.cpus_per_replica,
-                            max_ongoing_requests=parsed.concurrency + parsed.max_waiting, pipeline_kwargs=kwargs)
-    return build_ray_app(weights, options, config)
+    return build_ray_app(weights, options, ray_config(parsed, kwargs))
+
+
+def ray_config(args, pipeline_kwargs: dict) -> RayServeConfig:
+    """`python -m demo.serve`'s parsed options -> the deployment's settings."""
+    return RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                          max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=pipeline_kwargs)
 
 
 def run_ray(weights: str, options: ServeOptions, config: RayServeConfig, host: str, port: int, blocking: bool = True) -> None:
