@@ -144,8 +144,11 @@ def test_through_the_worker_boundary_it_answers_as_the_engine_does(tiny_pipeline
     assert (got, state.finish_reason) == (want, want_state.finish_reason) == (want, "stop_string")
     assert torch.equal(zero.embed(_inputs(pipe, 2)[0]), pipe.embed(_inputs(pipe, 2)[0]))
     assert zero("Hi", _inputs(pipe, 4), generation=config).text == pipe("Hi", _inputs(pipe, 4), generation=config).text
-    # The decoding call asks for time by its token limit.
+    # The decoding call asks for time by its token limit; the durations can be changed later.
     assert boundary.durations[-1] == zero.durations.decode_base + zero.durations.decode_per_token * 30  # the last call: config.max_new_tokens
+    zero.durations = zerogpu.GPUDurations(encode=5, decode_base=1, decode_per_token=0.5)
+    list(zero.stream("Hi", zero.encode(), generation=config))
+    assert boundary.durations[-2:] == [5, 1 + 0.5 * 30]
     boundary.join()
     assert zero.engine.running == 0 and zero.engine._thread is None
 

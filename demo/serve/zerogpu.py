@@ -106,9 +106,10 @@ class ZeroGPUPipeline(ImageBindLLMPipeline):
         gpu = gpu if gpu is not None else spaces_gpu()
         self.durations = durations
         # Decorated at construction, before the app launches: ZeroGPU registers them at start-up.
-        self._encode_on_gpu = gpu(self._encode_in_call, duration=durations.encode)
-        self._embed_on_gpu = gpu(self._embed_in_call, duration=durations.encode)
-        self._decode_on_gpu = gpu(self._decode_in_call, duration=durations.decode)
+        # spaces calls a callable duration with the call's arguments: `self.durations` may change later.
+        self._encode_on_gpu = gpu(self._encode_in_call, duration=lambda *args: self.durations.encode)
+        self._embed_on_gpu = gpu(self._embed_in_call, duration=lambda *args: self.durations.encode)
+        self._decode_on_gpu = gpu(self._decode_in_call, duration=lambda request: self.durations.decode(request))
 
     # --- called in the server process ---
     def encode(self, inputs: Sequence[InputItem] = (), cache=None, *, cancel: CancelToken | None = None) -> Conditioning:
