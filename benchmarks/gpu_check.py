@@ -4,7 +4,7 @@ torchao int8 weight-only, eager and compiled, gated (with injection terms) and p
 bound that bytes-of-weights / measured memory bandwidth sets; each quantised mode's logits distance
 to fp16; the engine's aggregate tokens/s at 1 and 8 rows. Prints numbers; asserts nothing.
 
-    python benchmarks/gpu_check.py --rehearse                  # CPU, tiny shape, same code paths, < 1 min
+    python benchmarks/gpu_check.py --rehearse                  # CPU, tiny shape, same code paths: ~45 s of CPU time
     OUT=/tmp/gpu python benchmarks/gpu_check.py                # on a GPU: 7B shape, ~6-8 min
 
 Writes $OUT/gpu_check.json (after every stage, so a run cut short still returns data) and
@@ -40,7 +40,8 @@ time in all, machine start included, so ONE call of about 9 minutes):
       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
           --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
           -d .whl bitsandbytes==0.50.2 torchao==0.18.0
-  The working tree and the carried paths travel together, 64 MiB at most (check with
+  (torchao 0.18 wants torch >= 2.11 for its C++ kernels: the device's 2.11 fits; bitsandbytes
+  0.50.2 ran there before, ~43 MB.) The working tree and the carried paths travel together, 64 MiB at most (check with
   `git ls-files -z | du -ch --files0-from=- | tail -1` and `du -sh .whl`); when they do not fit,
   carry one package per call and pass --modes accordingly (fp16 runs in each call: it is the
   reference). Then, one call, timeout_s=600, carry [".whl"]:
@@ -283,38 +284,43 @@ class Check:
                 "kl": float(f"{float(kl):.3g}"), "greedy_agree": f"{agree}/{len(greedy)}",
                 "within": bool(diff <= self.args.max_rel_l2 and top1 >= 0.9)}
 
-    def engine_speed(self, model, compile, rows: int, tokens: int, gated: bool = True) -> dict:
-        """Aggregate tok/s of `rows` concurrent requests (prefill included) on one engine; for one
-        row also the decode rate between the first and the last streamed token."""
+    def engine_speed(self, model, compile, rows_list=(1, 8), gated: bool = True) -> list[dict]:
+        """On one engine (one compilation for compile=): per entry of `rows_list`, the aggregate
+        tok/s of that many concurrent requests with different conditionings (prefill included);
+        for one row also the decode rate between the first and the last streamed token."""
         from demo.config import GenerationConfig
         from demo.engine import Engine, Request
 
-        engine = Engine(model.llm, NoEos(model.tokenizer), max_batch=max(rows, 8), compile=compile, max_length=PROMPT + tokens + 16)
-        terms = [model.conditioning_terms(self.embeddings[i : i + 1]) if gated else None for i in range(rows)]
+        tokens = self.args.engine_tokens
+        engine = Engine(model.llm, NoEos(model.tokenizer), max_batch=8, compile=compile, max_length=PROMPT + tokens + 16)
+        terms = [model.conditioning_terms(self.embeddings[i : i + 1]) if gated else None for i in range(8)]
 
         def requests(n):
-            return [Request(self.prompt[: PROMPT - i], terms[i % rows], GenerationConfig(max_new_tokens=tokens, temperature=0.0)) for i in range(n)]
+            return [Request(self.prompt[: PROMPT - i], terms[i], GenerationConfig(max_new_tokens=tokens, temperature=0.0)) for i in range(n)]
 
         try:
             start = time.perf_counter()
             for _ in engine.submit(requests(1)[0]):  # warm-up (the compilation, for compile=)
                 pass
             warmup = time.perf_counter() - start
-            start = time.perf_counter()
-            streams = [engine.submit(r) for r in requests(rows)]
-            first = None
-            for delta in streams[0]:
-                first = first or time.perf_counter()
-            for stream in streams[1:]:
-                for _ in stream:
-                    pass
-            self.sync()
-            end = time.perf_counter()
-            total = sum(len(s.state.token_ids) for s in streams)
-            r = {"rows": rows, "aggregate_tok_s": round(total / (end - start), 1), "warmup_s": round(warmup, 1)}
-            if rows == 1 and first is not None:
-                r["decode_tok_s"] = round((len(streams[0].state.token_ids) - 1) / max(end - first, 1e-9), 1)
-            return r
+            results = []
+            for rows in rows_list:
+                start = time.perf_counter()
+                streams = [engine.submit(r) for r in requests(rows)]
+                first = None
+                for _ in streams[0]:
+                    first = first or time.perf_counter()
+                for stream in streams[1:]:
+                    for _ in stream:
+                        pass
+                self.sync()
+                end = time.perf_counter()
+                total = sum(len(s.state.token_ids) for s in streams)
+                r = {"rows": rows, "aggregate_tok_s": round(total / (end - start), 1), "warmup_s": round(warmup, 1)}
+                if rows == 1 and first is not None:
+                    r["decode_tok_s"] = round((len(streams[0].state.token_ids) - 1) / max(end - first, 1e-9), 1)
+                results.append(r)
+            return results
         finally:
             engine.close()
 
@@ -356,9 +362,9 @@ class Check:
             g, p = median(gated), median(plain)
             r["eager"] = {"gated_tok_s": round(g, 1), "plain_tok_s": round(p, 1), "overhead_pct": round(100 * (1 - g / p), 2),
                           "fraction_of_bound": round(g / r["bound_tok_s"], 3) if r["bound_tok_s"] else None}
-            r["engine_eager"] = [self.engine_speed(model, False, rows, args.engine_tokens) for rows in (1, 8)]
+            r["engine_eager"] = self.engine_speed(model, False)
             if mode in COMPILABLE and not args.no_compile and self.left() > (60 if self.device.type == "cuda" else 5):
-                compiled = [self.engine_speed(model, self.backend, rows, args.engine_tokens) for rows in (1, 8)]
+                compiled = self.engine_speed(model, self.backend)
                 g = compiled[0]["decode_tok_s"]
                 r["compiled"] = {"gated_tok_s": g, "compile_s": compiled[0]["warmup_s"], "engine": compiled,
                                  "fraction_of_bound": round(g / r["bound_tok_s"], 3) if r["bound_tok_s"] else None}
@@ -368,7 +374,7 @@ class Check:
                     gated_attention = llm.config._attn_implementation
                     llm.config._attn_implementation = gated_attention.removeprefix("imagebind_")
                     try:
-                        p = self.engine_speed(model, self.backend, 1, args.engine_tokens, gated=False)["decode_tok_s"]
+                        p = self.engine_speed(model, self.backend, (1,), gated=False)[0]["decode_tok_s"]
                     finally:
                         llm.config._attn_implementation = gated_attention
                     r["compiled"].update(plain_tok_s=p, overhead_pct=round(100 * (1 - g / p), 2))
