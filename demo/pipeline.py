@@ -150,13 +150,18 @@ class ImageBindLLMPipeline:
         unclip_path: a local Stable unCLIP folder (`python -m weights.download unclip`) for
             `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
             image output stays off.
+        On a Hugging Face ZeroGPU Space (SPACES_ZERO_GPU set) returns a ZeroGPUPipeline
+        (demo/serve/zerogpu.py): its GPU work runs in @spaces.GPU calls.
         """
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
-        from .serve import zerogpu
+        # A Hugging Face ZeroGPU Space (the variable as `spaces` reads it; demo/serve/zerogpu.py).
+        on_zerogpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+        if on_zerogpu:
+            from .serve import zerogpu
 
-        on_zerogpu = zerogpu.detect()  # imports `spaces` on a ZeroGPU Space, before anything touches CUDA
+            zerogpu.detect()  # imports `spaces` before anything touches CUDA
         folder = _preset_folder(str(name_or_path), home) if str(name_or_path) in PRESETS else Path(name_or_path)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
@@ -176,7 +181,7 @@ class ImageBindLLMPipeline:
 
             unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
             image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
-        return (zerogpu.ZeroGPUPipeline if on_zerogpu else cls)(
+        return (zerogpu.ZeroGPUPipeline if on_zerogpu else cls)(  # GPU work inside @spaces.GPU calls
             model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
             image_generator=image_generator,
         )

@@ -12,7 +12,7 @@ id) to see the spread.
 
 The config file (demo/serve/ray_serve.yaml, `serve run` / `serve deploy`) names `build_app`: its
 `args:` are `python -m demo.serve`'s options, and its `deployments:` section sets what Ray Serve
-lets a config change (replicas, GPU fraction, CPUs). README "Scale-out on Ray Serve" has the
+lets a config change (replicas, GPU fraction, CPUs). README "Scale-out with Ray Serve" has the
 multi-node set-up.
 """
 

@@ -19,8 +19,8 @@ returns a `ZeroGPUPipeline`, whose GPU work happens inside such calls:
 
 Everywhere else `from_pretrained` returns the ordinary pipeline (engine thread, batching), and
 `spaces.GPU` itself returns the function unchanged. `spaces` must be imported before anything
-touches CUDA (it patches torch so weights "moved to cuda" at start-up wait in CPU memory):
-`detect()` imports it first thing in `from_pretrained`. Image output (`imagine`) is not wired: its
+touches CUDA (it patches torch so weights "moved to cuda" at start-up wait in CPU memory, in the
+thread that imported it): `detect()` imports it first thing in `from_pretrained`. Image output (`imagine`) is not wired: its
 progress callback cannot cross to the worker. README "Hugging Face Spaces" has the settings.
 """
 
@@ -41,7 +41,8 @@ ZERO_GPU_VARIABLE = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU hardware
 
 
 def on_zerogpu() -> bool:
-    """True on a ZeroGPU Space: SPACES_ZERO_GPU read as the `spaces` package reads it."""
+    """True on a ZeroGPU Space: SPACES_ZERO_GPU read as the `spaces` package reads it (and as
+    `ImageBindLLMPipeline.from_pretrained` does, without importing this package)."""
     return os.environ.get(ZERO_GPU_VARIABLE, "").lower() in ("1", "t", "true")
 
 
