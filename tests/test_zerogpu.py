@@ -47,13 +47,16 @@ def test_off_zerogpu_spaces_changes_nothing_and_the_pipeline_keeps_its_engine_th
 
 def test_on_a_zerogpu_space_from_pretrained_decorates_the_gpu_work(tiny_pipeline, tmp_path):
     """A process with the Space's variables (the device API unreachable: nothing is called):
-    the real `spaces` wraps the pipeline's three GPU functions and the engine has no thread."""
+    the real `spaces` wraps the pipeline's three GPU functions, the engine has no thread, and the
+    app builds on it unchanged."""
     pytest.importorskip("spaces")
     script = (
         "from demo.pipeline import ImageBindLLMPipeline\n"
         "import spaces.zero.decorator as d\n"
         "pipe = ImageBindLLMPipeline.from_pretrained('tiny', device='cpu')\n"
         "wrapped = [f for f in (pipe._encode_on_gpu, pipe._embed_on_gpu, pipe._decode_on_gpu) if hasattr(f, 'zerogpu')]\n"
+        "import app\n"
+        "app.build_demo(pipe)  # the app takes it unchanged\n"
         "print(type(pipe).__name__, pipe.engine.background, len(wrapped))\n"
     )
     env = {**os.environ, "SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": "http://127.0.0.1:9", "PYTHONPATH": str(ROOT)}
