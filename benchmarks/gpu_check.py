@@ -38,20 +38,22 @@ time in all, machine start included, so ONE call of about 9 minutes):
   no bitsandbytes and no torchao. Carry wheels (Python 3.12, manylinux x86-64), downloaded here:
       echo /.whl/ >> .git/info/exclude
       python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
-          --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \\
+          --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \\
+          --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \\
           -d .whl bitsandbytes==0.50.2 torchao==0.18.0
-  (torchao 0.18 wants torch >= 2.11 for its C++ kernels: the device's 2.11 fits; bitsandbytes
-  0.50.2 ran there before, ~43 MB.) The working tree and the carried paths travel together, 64 MiB at most (check with
-  `git ls-files -z | du -ch --files0-from=- | tail -1` and `du -sh .whl`); when they do not fit,
-  carry one package per call and pass --modes accordingly (fp16 runs in each call: it is the
-  reference). Then, one call, timeout_s=600, carry [".whl"]:
+  torchao 0.18 wants torch >= 2.11 for its C++ kernels (the device has 2.11); bitsandbytes 0.50.2
+  (~43 MB) ran there before. The working tree and the carried paths travel together, 64 MiB at
+  most (check with `git ls-files -z | du -ch --files0-from=- | tail -1` and `du -sh .whl`); when
+  they do not fit, carry one package per call and pass --modes accordingly (fp16 runs in each
+  call: it is the reference). Then ONE call, timeout_s=600, carry [".whl"]:
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
-        && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --budget 520 \\
-        2>&1 | tee $OUT/log.txt
-  What comes back: $OUT/gpu_check.json, gpu_check.md, log.txt. Rough costs on an H200: build +
-  save 13.5 GB ~40 s; fp16 eager ~15 s; each compilation ~35-60 s; each bitsandbytes load ~20 s
-  and its decode (7-26 tok/s) ~20 s; torchao load + compile ~60-90 s. --budget keeps the whole
-  run inside the 600 s limit (stages that no longer fit are skipped, in the order below).
+        && export PYTHONPATH=/tmp/site; set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py \\
+        --budget 520 2>&1 | tee $OUT/log.txt
+  What comes back: $OUT/gpu_check.json, gpu_check.md, log.txt; then give_back. Rough costs on an
+  H200: build + save 13.5 GB ~40 s; fp16 eager ~15 s; each compilation ~35-60 s (two for fp16:
+  gated and plain); each bitsandbytes load ~20 s and its decode (7-26 tok/s) ~20-40 s; torchao
+  load + compile ~60-90 s. --budget keeps the run inside the 600 s limit: modes run in the order
+  fp16, 8bit, 8bit-t0, 4bit, int8-weight-only, and one that no longer fits is skipped (recorded).
 """
 
 from __future__ import annotations
@@ -59,7 +61,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import sys
 import tempfile
@@ -134,6 +135,7 @@ class Check:
             torch.cuda.synchronize()
 
     def free(self) -> None:
+        torch._dynamo.reset()  # compiled engines' code caches hold the model they were compiled for
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
