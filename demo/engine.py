@@ -26,6 +26,12 @@ columns no row uses any more are dropped. Two cache layouts follow this scheme:
 
 Text goes through `demo.detokenizer.Detokenizer` per request. Cancel (`stream.cancel()` or the
 request's CancelToken) frees the row at the next step; the stream then raises `Cancelled`.
+
+background=False (caller-thread mode): no engine thread; a consumer waiting on its stream runs
+the steps itself, in its own thread (one thread steps at a time, for every running row). For hosts
+where only the calling thread's function holds the GPU: a Hugging Face ZeroGPU Space runs each
+`@spaces.GPU` call in a forked worker process and releases the GPU when the call returns, so the
+work must start and end inside the call (demo/serve/zerogpu.py). Same tokens as the thread mode.
 """
 
 from __future__ import annotations
@@ -65,16 +71,20 @@ class Request:
 class RequestStream(Iterator[str]):
     """The text deltas of one request, in order; iterate from any one thread."""
 
-    def __init__(self, request: Request, state: GenerationState | None = None):
+    def __init__(self, request: Request, state: GenerationState | None = None, engine: "Engine | None" = None):
         self.request = request
+        self._engine = engine  # caller-thread mode: the engine this stream's consumer steps; else None
         self._abandoned = CancelToken()  # the consumer's own stop; the request's token stays untouched
         self.state = state if state is not None else GenerationState()  # complete once the iterator is exhausted
         self._items: queue.SimpleQueue = queue.SimpleQueue()
         self._done = False
 
     def cancel(self) -> None:
-        """Stop generating; the engine frees the row before its next step."""
+        """Stop generating; the engine frees the row before its next step (caller-thread mode:
+        now, since no step may follow)."""
         self._abandoned.cancel()
+        if self._engine is not None and not self._done:
+            self._engine._drop_now()
 
     @property
     def cancelled(self) -> bool:
@@ -84,6 +94,8 @@ class RequestStream(Iterator[str]):
     def __next__(self) -> str:
         if self._done:
             raise StopIteration
+        if self._engine is not None:
+            self._engine._step_until_ready(self)
         item = self._items.get()
         if item is _END:
             self._done = True
@@ -120,13 +132,14 @@ class Engine:
 
     def __init__(
         self, llm, tokenizer, *, max_batch: int = 8, compile: bool | str = False, max_length: int | None = None,
-        max_waiting: int | None = None,
+        max_waiting: int | None = None, background: bool = True,
     ):
         """max_batch: rows decoded together (the server's concurrency). max_waiting: requests
         queued beyond those (None: no limit); `submit` raises BusyError past it. compile: False (eager),
         True (torch.compile with inductor; CUDA graphs on a GPU) or a torch.compile backend name
         (e.g. "aot_eager": the same static path, quick to compile, for tests). max_length: cache
-        columns (default: the model's context)."""
+        columns (default: the model's context). background: False for caller-thread mode (module
+        docstring): the streams' consumers run the steps."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.llm = llm
@@ -143,6 +156,8 @@ class Engine:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        self.background = bool(background)
+        self._stepping = threading.Lock()  # caller-thread mode: held by the thread running a step
         self._closed = False
         self._rows: list[_Row | None] = []  # index = cache row; None = idle slot (static layout)
         self._batch = _StaticBatch(self) if self.compile else _DynamicBatch(self)
@@ -158,14 +173,14 @@ class Engine:
             raise ValueError("the prompt is empty: it needs at least the BOS token")
         if len(request.prompt_ids) >= self.max_length:
             raise ValueError(f"the prompt has {len(request.prompt_ids)} tokens; this engine holds at most {self.max_length - 1}")
-        stream = RequestStream(request, state)
+        stream = RequestStream(request, state, None if self.background else self)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the engine is closed")
             if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
                 raise BusyError(f"the server is busy ({self.max_batch} requests running, {len(self._waiting)} waiting): retry in a moment")
             self._waiting.append(stream)
-            if self._thread is None:
+            if self._thread is None and self.background:
                 self._thread = threading.Thread(target=self._run, name="imagebind-llm-engine", daemon=True)
                 self._thread.start()
             self._wakeup.notify()
@@ -178,6 +193,10 @@ class Engine:
             self._wakeup.notify()
         if self._thread is not None:
             self._thread.join()
+        elif not self.background:
+            with self._stepping, self._lock:
+                waiting, self._waiting = self._waiting, []
+            self._end_all(waiting)
 
     @property
     def running(self) -> int:
@@ -194,28 +213,72 @@ class Engine:
                 if self._closed:
                     waiting, self._waiting = self._waiting, []
                     break
-                free = self.max_batch - self.running
-                admitted, self._waiting = self._waiting[:free], self._waiting[free:]
-            try:
-                with torch.inference_mode():
-                    for stream in admitted:
-                        self._admit(stream)
-                    self._drop_cancelled()
-                    if self.running:
-                        self._step()
-            except Exception as exc:  # a failed forward pass ends the running requests, not the engine
-                logger.exception("decoding step failed")
-                for row in self._rows:
-                    if row is not None:
-                        row.stream._end(exc)
-                self._rows = []
-                self._batch.reset()
+                admitted = self._take_waiting()
+            self._work(admitted)
+        self._end_all(waiting)
+
+    def _take_waiting(self) -> list[RequestStream]:
+        """The waiting requests that fit in the free rows (call with `_lock` held)."""
+        free = self.max_batch - self.running
+        admitted, self._waiting = self._waiting[:free], self._waiting[free:]
+        return admitted
+
+    def _work(self, admitted: list[RequestStream]) -> None:
+        """Admit, drop the cancelled, run one step: one turn of the engine, in whichever thread."""
+        try:
+            with torch.inference_mode():
+                for stream in admitted:
+                    self._admit(stream)
+                self._drop_cancelled()
+                if self.running:
+                    self._step()
+        except Exception as exc:  # a failed forward pass ends the running requests, not the engine
+            logger.exception("decoding step failed")
+            for row in self._rows:
+                if row is not None:
+                    row.stream._end(exc)
+            self._rows = []
+            self._batch.reset()
+
+    def _end_all(self, waiting: list[RequestStream]) -> None:
         error = RuntimeError("the engine was closed before this request finished")
         for stream in waiting:
             stream._end(error)
         for row in self._rows:
             if row is not None:
                 row.stream._end(error)
+        self._rows = []
+
+    # --- caller-thread mode (background=False) ---
+    def _step_until_ready(self, stream: RequestStream) -> None:
+        """Run engine turns in this thread until `stream` has an item. Another consumer may be
+        stepping (for every row, this one's too): then wait for it briefly and look again."""
+        while stream._items.empty():
+            if not self._stepping.acquire(timeout=0.005):
+                continue
+            try:
+                if not stream._items.empty():
+                    return
+                with self._lock:
+                    if self._closed:
+                        stream._end(RuntimeError("the engine was closed before this request finished"))
+                        return
+                    admitted = self._take_waiting()
+                self._work(admitted)
+            finally:
+                self._stepping.release()
+
+    def _drop_now(self) -> None:
+        """Free the cancelled requests' rows (and queue places) at once: in caller-thread mode no
+        later step may come to do it."""
+        with self._stepping:
+            with self._lock:
+                cancelled = [s for s in self._waiting if s.cancelled]
+                self._waiting = [s for s in self._waiting if not s.cancelled]
+            for stream in cancelled:
+                self._finish_cancelled(stream)
+            with torch.inference_mode():
+                self._drop_cancelled()
 
     def _admit(self, stream: RequestStream) -> None:
         """Prefill one request alone (logits for its last position only) and sample its first

@@ -209,10 +209,18 @@ class ImageBindLLMPipeline:
         unclip_path: a local Stable unCLIP folder (`ibllm download unclip`) for
             `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
             image output stays off.
+        On a Hugging Face ZeroGPU Space (SPACES_ZERO_GPU set) returns a ZeroGPUPipeline
+        (demo/serve/zerogpu.py): its GPU work runs in @spaces.GPU calls.
         """
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
+        # A Hugging Face ZeroGPU Space (the variable as `spaces` reads it; demo/serve/zerogpu.py).
+        on_zerogpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+        if on_zerogpu:
+            from .serve import zerogpu
+
+            zerogpu.detect()  # imports `spaces` before anything touches CUDA
         folder = resolve_preset(name_or_path, home)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
@@ -224,14 +232,15 @@ class ImageBindLLMPipeline:
             from .cache import VisualCache
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
-        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile)
+        # ZeroGPU: no engine thread; each request's decoding runs in its @spaces.GPU call's thread.
+        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile, background=not on_zerogpu)
         image_generator = None
         if unclip_path is not None or meta.get("unclip"):
             from .imagine import UnCLIPGenerator
 
             unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
             image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
-        return cls(
+        return (zerogpu.ZeroGPUPipeline if on_zerogpu else cls)(  # GPU work inside @spaces.GPU calls
             model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
             image_generator=image_generator,
         )
@@ -433,7 +442,11 @@ class ImageBindLLMPipeline:
         self, ids: list[int], conditioning: Conditioning, generation: GenerationConfig, state: GenerationState | None,
         cancel: CancelToken | None, stop: Sequence[str],
     ) -> Iterator[str]:
-        stream = self.engine.submit(Request(ids, conditioning.terms, generation, STOP_STRINGS + tuple(stop), cancel), state)
+        yield from self._decode(Request(ids, conditioning.terms, generation, STOP_STRINGS + tuple(stop), cancel), state)
+
+    def _decode(self, request: Request, state: GenerationState | None) -> Iterator[str]:
+        """The engine's part of `stream` (on ZeroGPU it runs inside `@spaces.GPU`: demo/serve/zerogpu.py)."""
+        stream = self.engine.submit(request, state)
         try:
             yield from stream
         finally:

@@ -170,3 +170,54 @@ def test_a_full_queue_refuses_with_busy_error(tiny_model):
     list(second)
     assert second.state.finish_reason == "length" and len(second.state.token_ids) == 2
     engine.close()
+
+
+def test_caller_thread_mode_gives_the_threaded_tokens_and_stops(tiny_model):
+    """background=False (ZeroGPU, demo/serve/zerogpu.py): no engine thread; the consumers step.
+    Two consumers in two threads share the steps; tokens, stop strings and finish reasons are
+    those of the threaded engine; a cancel frees the row at once (no later step would)."""
+    tokenizer = NoEos(tiny_model.tokenizer)
+    requests = [_request(tiny_model, "Hi", seed=0, tokens=30), _request(tiny_model, "Describe the sound.", seed=1, tokens=20, temperature=0.8)]
+    stopped = _request(tiny_model, "What is this?", seed=2, tokens=40)
+    threaded = Engine(tiny_model.llm, tokenizer, max_batch=2)
+    expected = [(stream, "".join(stream)) for stream in [threaded.submit(r) for r in requests]]
+    threaded.close()
+    stopped.stop_strings = ("".join(Engine(tiny_model.llm, tokenizer).submit(stopped))[2:5],)  # text it really produces
+    threaded = Engine(tiny_model.llm, tokenizer)
+    want_stopped = threaded.submit(stopped)
+    want_text = "".join(want_stopped)
+    threaded.close()
+
+    engine = Engine(tiny_model.llm, tokenizer, max_batch=2, background=False)
+    streams = [engine.submit(r) for r in requests]
+    assert engine._thread is None and engine.steps == 0  # nothing runs until someone iterates
+    results = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, "".join(streams[i]))) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for (want, text), stream, got in zip(expected, streams, results):
+        assert (stream.state.token_ids, stream.state.finish_reason, got) == (want.state.token_ids, "length", text)
+    stream = engine.submit(stopped)
+    assert ("".join(stream), stream.state.finish_reason) == (want_text, "stop_string") == (want_text, want_stopped.state.finish_reason)
+
+    long = engine.submit(_request(tiny_model, "Hi", seed=3, tokens=400))
+    assert next(long) is not None and engine.running == 1
+    long.cancel()
+    assert engine.running == 0  # freed by cancel() itself
+    with pytest.raises(Cancelled):
+        list(long)
+    token = CancelToken()
+    request = _request(tiny_model, "Hi", seed=4, tokens=400)
+    request.cancel = token
+    by_token = engine.submit(request)
+    next(by_token)
+    token.cancel()  # the request's own token: freed at the consumer's next step
+    with pytest.raises(Cancelled):
+        list(by_token)
+    assert engine.running == 0 and len(by_token.state.token_ids) < 400
+    waiting = engine.submit(_request(tiny_model, "Hi", seed=5, tokens=5))
+    engine.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        list(waiting)

@@ -80,3 +80,46 @@ def test_a_killed_replica_fails_its_request_without_hanging(ray_server):
     # The service goes on: the other replica answers (Ray restarts the killed one).
     client = openai.OpenAI(base_url=ray_server, api_key="unused", max_retries=2, timeout=120)
     assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2).choices
+
+
+def test_the_serve_config_file_builds_the_command_line_application():
+    """demo/serve/ray_serve.yaml through Ray's own code, without a cluster: the schema `serve run`
+    and `serve deploy` validate, the builder they call, the build and the config's overrides the
+    controller applies. The result is the deployment of the equivalent command line."""
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private import deploy_utils
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+    from ray.serve._private.application_state import import_attr, override_deployment_info
+    from ray.serve._private.build_app import build_app
+    from ray.serve.schema import ServeDeploySchema
+
+    from demo.serve.__main__ import build_parser, settings
+    from demo.serve.ray_app import build_ray_app, ray_config
+
+    def deployment(application, name, config=None):
+        (built,) = build_app(application, name=name).deployments
+        args = deploy_utils.get_deploy_args(name=built.name, replica_config=built._replica_config, ingress=True,
+                                            deployment_config=built._deployment_config)
+        info = deploy_utils.deploy_args_to_deployment_info(**args, app_name=name)
+        return override_deployment_info({built.name: info}, config)[built.name], built
+
+    path = Path(__file__).resolve().parents[1] / "demo" / "serve" / "ray_serve.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    (app,) = config.applications
+    from_file, built = deployment(call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), app.args), app.name, app)
+
+    argv = ["--ray", "--replicas", "2", "--gpus-per-replica", "0.5", "--weights", "/models/imagebind-llm/7B", "--device", "cuda",
+            "--dtype", "float16"]
+    args = build_parser().parse_args(argv)
+    weights, options, kwargs = settings(args)
+    from_cli, cli_built = deployment(build_ray_app(weights, options, ray_config(args, kwargs)), "imagebind-llm")
+
+    assert from_file.deployment_config.num_replicas == from_cli.deployment_config.num_replicas == 2
+    assert from_file.deployment_config.max_ongoing_requests == from_cli.deployment_config.max_ongoing_requests == 8 + 64
+    assert from_file.replica_config.ray_actor_options["num_gpus"] == from_cli.replica_config.ray_actor_options["num_gpus"] == 0.5
+    assert built._replica_config.init_args == cli_built._replica_config.init_args  # weights, API options, from_pretrained keywords
+    assert built._replica_config.init_args[0] == "/models/imagebind-llm/7B" and built._replica_config.init_args[2]["dtype"] == "float16"
+    with pytest.raises(ValueError, match="unknown args in the Serve config: \\['--colour'"):
+        call_user_app_builder_with_args_if_necessary(import_attr(app.import_path), {"colour": "blue"})

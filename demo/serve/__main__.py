@@ -55,37 +55,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings(args: argparse.Namespace, base: Path | None = None):
+    """The parsed options -> (weights, ServeOptions, from_pretrained keywords). Paths are made
+    absolute against `base` (default: the current folder): Ray replicas run in other folders or
+    machines. Shared by `main` and the Ray Serve config file's builder (ray_app.build_app)."""
+    from ..pipeline import PRESETS
+    from .content import ServeOptions
+
+    def absolute(path):
+        return None if path is None else Path(base or Path.cwd(), path).resolve()
+
+    options = ServeOptions(
+        model_name=args.model_name or f"imagebind-llm-{Path(str(args.weights)).name}",
+        max_body_bytes=int(args.max_body_mb * 2**20), allow_remote_urls=args.allow_remote_urls,
+        local_root=absolute(args.allow_local_files),
+    )
+    weights = args.weights if args.weights in PRESETS else str(absolute(args.weights))
+    kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=absolute(args.cache),
+                  imagebind_path=absolute(args.imagebind), concurrency=args.concurrency, compile=args.compile)
+    return weights, options, kwargs
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
     from ..pipeline import ImageBindLLMPipeline
-    from .content import ServeOptions
     from .openai_api import create_app
 
-    options = ServeOptions(
-        model_name=args.model_name or f"imagebind-llm-{Path(str(args.weights)).name}",
-        max_body_bytes=int(args.max_body_mb * 2**20), allow_remote_urls=args.allow_remote_urls,
-        local_root=args.allow_local_files.resolve() if args.allow_local_files else None,
-    )
-    kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=args.cache,
-                  imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile)
+    weights, options, kwargs = settings(args)
     if args.ray:
-        from ..pipeline import PRESETS
-        from .ray_app import RayServeConfig, run_ray
+        from .ray_app import ray_config, run_ray
 
-        # Replicas run in other working folders (or machines): paths must be absolute.
-        weights = args.weights if args.weights in PRESETS else str(Path(args.weights).resolve())
-        for key in ("cache_path", "imagebind_path"):
-            kwargs[key] = kwargs[key] and Path(kwargs[key]).resolve()
-
-        config = RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
-                                max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=kwargs)
+        config = ray_config(args, kwargs)
         print(f"serving {options.model_name!r} on Ray Serve ({args.replicas} replicas) at http://{args.host}:{args.port}/v1", flush=True)
         run_ray(weights, options, config, args.host, args.port)
         return
-    pipe = ImageBindLLMPipeline.from_pretrained(args.weights, **kwargs)
+    pipe = ImageBindLLMPipeline.from_pretrained(weights, **kwargs)
     pipe.engine.max_waiting = args.max_waiting
     print(f"serving {options.model_name!r} on http://{args.host}:{args.port}/v1", flush=True)
     uvicorn.run(create_app(pipe, options), host=args.host, port=args.port, log_level="info")

@@ -2,12 +2,18 @@
 
     python -m demo.serve --ray --replicas 2 --weights pocket          # a local Ray instance
     RAY_ADDRESS=ray://head:10001 python -m demo.serve --ray ...       # an existing cluster
+    serve run demo/serve/ray_serve.yaml                               # the same, from a Serve config file
 
 Ray Serve's HTTP proxy spreads requests over the replicas (each replica batches its own requests
 in its engine); a replica that dies is restarted by Ray, and requests it held fail with an HTTP
 error rather than hang. Each replica asks Ray for `gpus_per_replica` GPUs (a fraction shares a
 GPU) and `cpus_per_replica` CPUs. Answers carry the header `x-imagebind-replica` (the replica's
 id) to see the spread.
+
+The config file (demo/serve/ray_serve.yaml, `serve run` / `serve deploy`) names `build_app`: its
+`args:` are `python -m demo.serve`'s options, and its `deployments:` section sets what Ray Serve
+lets a config change (replicas, GPU fraction, CPUs). README "Scale-out with Ray Serve" has the
+multi-node set-up.
 """
 
 from __future__ import annotations
@@ -72,6 +78,37 @@ def build_ray_app(weights: str, options: ServeOptions, config: RayServeConfig):
                            "runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}},
     )
     return deployment.bind(str(weights), options, config.pipeline_kwargs)
+
+
+def build_app(args: dict[str, Any]):
+    """The application of a Serve config file (`import_path: demo.serve.ray_app:build_app`).
+    `args`: `python -m demo.serve`'s long options without the dashes (`weights`, `device`,
+    `concurrency`, `max-waiting`, `replicas`, `gpus-per-replica`, ...; `true` for a flag), parsed
+    by the same parser with the same defaults; relative paths are taken from the checkout."""
+    from demo.serve.__main__ import build_parser, settings
+
+    argv = []
+    for key, value in args.items():
+        option = "--" + str(key).replace("_", "-")
+        if value is True:
+            argv.append(option)
+        elif value not in (None, False):
+            argv += [option, str(value)]
+    parser = build_parser()
+    try:
+        parsed, unknown = parser.parse_known_args(argv)
+    except SystemExit:  # argparse has printed why
+        raise ValueError(f"bad args in the Serve config: {args!r} (see `python -m demo.serve --help`)") from None
+    if unknown:
+        raise ValueError(f"unknown args in the Serve config: {unknown} (the options of `python -m demo.serve --help`, without the dashes)")
+    weights, options, kwargs = settings(parsed, base=ROOT)
+    return build_ray_app(weights, options, ray_config(parsed, kwargs))
+
+
+def ray_config(args, pipeline_kwargs: dict) -> RayServeConfig:
+    """`python -m demo.serve`'s parsed options -> the deployment's settings."""
+    return RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
+                          max_ongoing_requests=args.concurrency + args.max_waiting, pipeline_kwargs=pipeline_kwargs)
 
 
 def run_ray(weights: str, options: ServeOptions, config: RayServeConfig, host: str, port: int, blocking: bool = True) -> None:
