@@ -14,6 +14,7 @@ from gradio.utils import get_upload_folder
 
 from demo.chat_request import MAX_INPUTS, plain_message
 from demo.errors import DemoError
+from demo.modalities import documented
 from demo.serve import tools
 
 DEFAULT_TEMP_DIR = get_upload_folder()  # where Gradio keeps uploads (GRADIO_TEMP_DIR)
@@ -43,9 +44,10 @@ def _run(work, *args) -> Any:
 def register_mcp_tools(pipe) -> None:
     """Registers the tools as API endpoints (inside a Blocks context); `launch(mcp_server=True)` serves them."""
 
+    @documented
     def describe_inputs(question: str, files: list[FileData], weights: list[float] | None = None) -> str:
-        """Ask ImageBind-LLM a question about files of any modality (image, video, audio, text, point cloud, depth,
-        thermal, IMU, embedding); the modality of each file comes from its suffix.
+        """Ask ImageBind-LLM a question about files of any modality ({modalities}); the modality of each file
+        comes from its suffix.
 
         Args:
             question: the question or instruction, e.g. "What is in this picture?"
@@ -58,12 +60,13 @@ def register_mcp_tools(pipe) -> None:
             raise gr.Error(f"at most {MAX_INPUTS} files per request, got {len(files)}")
         return _run(tools.describe_inputs, pipe, question, [_path(f) for f in files or []], weights)
 
+    @documented
     def embed_file(file: FileData, modality: str | None = None) -> str:
         """The ImageBind embedding of one file, L2-normalised, in the joint space shared by all modalities.
 
         Args:
             file: the file to embed (URL or base64)
-            modality: image, video, audio, text, point, depth, thermal, imu or embedding; default: from the suffix
+            modality: {modalities}; default: from the suffix
         Returns:
             JSON {"modality": str, "dim": int, "embedding": list of floats (unit norm)}
         """
