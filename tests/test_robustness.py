@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,10 +20,8 @@ import pytest
 import app
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import bad_inputs  # noqa: E402
-from local_app import LocalApp  # noqa: E402
+from scripts import bad_inputs  # noqa: E402
+from scripts.local_app import LocalApp  # noqa: E402
 
 MiB = 2**20
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import math
 import os
-import sys
 import uuid
 from pathlib import Path
 
@@ -19,9 +18,7 @@ from demo.config import GenerationConfig
 from demo.errors import InputError, PromptTooLongError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from local_app import LocalApp  # noqa: E402
+from scripts.local_app import LocalApp  # noqa: E402
 
 FAST = {"max_new_tokens": 4, "temperature": 0.0}
 IMAGE = ROOT / "examples" / "chelsea.png"
