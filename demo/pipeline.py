@@ -140,6 +140,10 @@ class ImageBindLLMPipeline:
     generator. `from_pretrained` loads them from a converted folder or a preset (demo/presets.py).
     """
 
+    # The engine decodes in its own thread, batching concurrent requests. A host where only the
+    # calling function may hold the GPU (ZeroGPU: demo/serve/zerogpu.py) turns this off.
+    engine_in_background: bool = True
+
     def __init__(
         self, model: ImageBindLLM, encoder: MultimodalEncoder, cache: VisualCache | None = None, *,
         limits: InputLimits | None = None, placeholder: bool = False, notice: str | None = None,
@@ -209,18 +213,12 @@ class ImageBindLLMPipeline:
         unclip_path: a local Stable unCLIP folder (`ibllm download unclip`) for
             `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
             image output stays off.
-        On a Hugging Face ZeroGPU Space (SPACES_ZERO_GPU set) returns a ZeroGPUPipeline
-        (demo/serve/zerogpu.py): its GPU work runs in @spaces.GPU calls.
+        On a Hugging Face ZeroGPU Space load `demo.serve.zerogpu.pipeline_class()` instead (its GPU
+        work runs in @spaces.GPU calls); the app and `python -m demo.serve` do.
         """
         from .encoders.encoder import MultimodalEncoder
         from .model import ImageBindLLM, read_folder_config, resolve_device
 
-        # A Hugging Face ZeroGPU Space (the variable as `spaces` reads it; demo/serve/zerogpu.py).
-        on_zerogpu = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
-        if on_zerogpu:
-            from .serve import zerogpu
-
-            zerogpu.detect()  # imports `spaces` before anything touches CUDA
         folder = resolve_preset(name_or_path, home)
         meta = read_folder_config(folder)
         model = ImageBindLLM.from_pretrained(folder, device=device, dtype=dtype, quantization=quantization)
@@ -232,15 +230,14 @@ class ImageBindLLMPipeline:
             from .cache import VisualCache
 
             cache = VisualCache.from_index(cache_path, dim=encoder.config.out_dim)
-        # ZeroGPU: no engine thread; each request's decoding runs in its @spaces.GPU call's thread.
-        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile, background=not on_zerogpu)
+        engine = Engine(model.llm, model.tokenizer, max_batch=concurrency, compile=compile, background=cls.engine_in_background)
         image_generator = None
         if unclip_path is not None or meta.get("unclip"):
             from .imagine import UnCLIPGenerator
 
             unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
             image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
-        return (zerogpu.ZeroGPUPipeline if on_zerogpu else cls)(  # GPU work inside @spaces.GPU calls
+        return cls(
             model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
             image_generator=image_generator,
         )

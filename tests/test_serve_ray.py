@@ -95,7 +95,7 @@ def test_the_serve_config_file_builds_the_command_line_application():
     from ray.serve._private.build_app import build_app
     from ray.serve.schema import ServeDeploySchema
 
-    from demo.serve.__main__ import build_parser, settings
+    from demo.serve.options import build_parser, settings
     from demo.serve.ray_app import build_ray_app, ray_config
 
     def deployment(application, name, config=None):

@@ -85,7 +85,7 @@ def build_app(args: dict[str, Any]):
     `args`: `python -m demo.serve`'s long options without the dashes (`weights`, `device`,
     `concurrency`, `max-waiting`, `replicas`, `gpus-per-replica`, ...; `true` for a flag), parsed
     by the same parser with the same defaults; relative paths are taken from the checkout."""
-    from demo.serve.__main__ import build_parser, settings
+    from demo.serve.options import build_parser, settings
 
     argv = []
     for key, value in args.items():

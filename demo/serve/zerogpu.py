@@ -3,8 +3,8 @@
 On a ZeroGPU Space (hardware "ZeroGPU"; the Space sets SPACES_ZERO_GPU=true) a GPU is attached
 only while a function decorated with `@spaces.GPU` runs. The `spaces` package runs each call in a
 forked worker process (arguments and results cross by pickle, generators item by item) and gives
-the GPU back when the call returns. `ImageBindLLMPipeline.from_pretrained` detects this and
-returns a `ZeroGPUPipeline`, whose GPU work happens inside such calls:
+the GPU back when the call returns. Hosts load `pipeline_class()`: on such a Space a
+`ZeroGPUPipeline`, whose GPU work happens inside such calls:
 
   * `encode` and `embed`: one decorated call each, returning CPU tensors;
   * `stream`: the decoding is a decorated generator in which the engine steps in the call's own
@@ -17,10 +17,10 @@ returns a `ZeroGPUPipeline`, whose GPU work happens inside such calls:
   * the library's errors (`demo.errors`, whose messages say what to do) are sent back as values
     and raised again here: `spaces` would turn an exception into a bare "ZeroGPU worker error".
 
-Everywhere else `from_pretrained` returns the ordinary pipeline (engine thread, batching), and
+Everywhere else `pipeline_class()` is the ordinary pipeline (engine thread, batching), and
 `spaces.GPU` itself returns the function unchanged. `spaces` must be imported before anything
 touches CUDA (it patches torch so weights "moved to cuda" at start-up wait in CPU memory, in the
-thread that imported it): `detect()` imports it first thing in `from_pretrained`. Image output (`imagine`) is not wired: its
+thread that imported it): `ZeroGPUPipeline.from_pretrained` imports it first thing. Image output (`imagine`) is not wired: its
 progress callback cannot cross to the worker. README "Hugging Face Spaces" has the settings.
 """
 
@@ -41,9 +41,14 @@ ZERO_GPU_VARIABLE = "SPACES_ZERO_GPU"  # set by Hugging Face on ZeroGPU hardware
 
 
 def on_zerogpu() -> bool:
-    """True on a ZeroGPU Space: SPACES_ZERO_GPU read as the `spaces` package reads it (and as
-    `ImageBindLLMPipeline.from_pretrained` does, without importing this package)."""
+    """True on a ZeroGPU Space: SPACES_ZERO_GPU read as the `spaces` package reads it."""
     return os.environ.get(ZERO_GPU_VARIABLE, "").lower() in ("1", "t", "true")
+
+
+def pipeline_class() -> type[ImageBindLLMPipeline]:
+    """The pipeline class a host loads (`pipeline_class().from_pretrained(...)`): ZeroGPUPipeline
+    on a ZeroGPU Space, the ordinary one elsewhere."""
+    return ZeroGPUPipeline if on_zerogpu() else ImageBindLLMPipeline
 
 
 def detect() -> bool:
@@ -97,6 +102,13 @@ class _Failed:
 class ZeroGPUPipeline(ImageBindLLMPipeline):
     """The pipeline whose `encode`, `embed` and `stream` run their GPU work in `@spaces.GPU`
     calls, the engine stepping in the call's thread. `gpu`: the decorator (default `spaces.GPU`)."""
+
+    engine_in_background = False  # each request's decoding runs in its @spaces.GPU call's thread
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "ZeroGPUPipeline":
+        detect()  # imports `spaces` before anything touches CUDA
+        return super().from_pretrained(*args, **kwargs)
 
     def __init__(self, model, encoder, cache=None, *, engine: Engine | None = None, durations: GPUDurations = GPUDurations(),
                  gpu: Callable | None = None, **kwargs):
