@@ -51,11 +51,9 @@ def test_on_a_zerogpu_space_from_pretrained_decorates_the_gpu_work(tiny_pipeline
     app builds on it unchanged."""
     pytest.importorskip("spaces")
     script = (
-        "from demo.pipeline import ImageBindLLMPipeline\n"
-        "import spaces.zero.decorator as d\n"
-        "pipe = ImageBindLLMPipeline.from_pretrained('tiny', device='cpu')\n"
-        "wrapped = [f for f in (pipe._encode_on_gpu, pipe._embed_on_gpu, pipe._decode_on_gpu) if hasattr(f, 'zerogpu')]\n"
         "import app\n"
+        "pipe = app.load_pipeline(app.parse_args(['--weights', 'tiny', '--device', 'cpu']))  # as `python app.py` loads\n"
+        "wrapped = [f for f in (pipe._encode_on_gpu, pipe._embed_on_gpu, pipe._decode_on_gpu) if hasattr(f, 'zerogpu')]\n"
         "app.build_demo(pipe)  # the app takes it unchanged\n"
         "print(type(pipe).__name__, pipe.engine.background, len(wrapped))\n"
     )
