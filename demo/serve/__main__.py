@@ -5,7 +5,8 @@
   python -m demo.serve --ray --replicas 2 --gpus-per-replica 0.5 --weights ...   # Ray Serve (ray[serve])
 
 Endpoints (under /v1): POST chat/completions (streaming or not; image_url, input_audio and file
-parts for every modality), POST embeddings (ImageBind's joint space), GET models. Any OpenAI
+parts for every modality), POST embeddings (ImageBind's joint space), POST images/generations
+(a picture of what the model sees in the inputs; needs --unclip), GET models. Any OpenAI
 client works:
 
   from openai import OpenAI
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dtype", help="float16, bfloat16, float32 (default: the folder's)")
     group.add_argument("--quantization", choices=["8bit", "4bit"], help="bitsandbytes, LLaMA only")
     group.add_argument("--cache", type=Path, help="faiss index of the visual cache (default: cache off)")
+    group.add_argument("--unclip", type=Path, metavar="DIR",
+                       help="a local Stable unCLIP folder (python -m weights.download unclip) for POST images/generations "
+                            "(default: the image model the weights folder names, if any; else that endpoint answers 503)")
     group.add_argument("--imagebind", type=Path, help="ImageBind weights, when the folder does not record them")
     group.add_argument("--compile", action="store_true", help="the engine's compiled fast path (GPU; see README, Engine)")
     group = parser.add_argument_group("capacity and safety")
@@ -70,14 +74,14 @@ def main(argv: list[str] | None = None) -> None:
         local_root=args.allow_local_files.resolve() if args.allow_local_files else None,
     )
     kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=args.cache,
-                  imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile)
+                  imagebind_path=args.imagebind, concurrency=args.concurrency, compile=args.compile, unclip_path=args.unclip)
     if args.ray:
         from ..pipeline import PRESETS
         from .ray_app import RayServeConfig, run_ray
 
         # Replicas run in other working folders (or machines): paths must be absolute.
         weights = args.weights if args.weights in PRESETS else str(Path(args.weights).resolve())
-        for key in ("cache_path", "imagebind_path"):
+        for key in ("cache_path", "imagebind_path", "unclip_path"):
             kwargs[key] = kwargs[key] and Path(kwargs[key]).resolve()
 
         config = RayServeConfig(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica,
