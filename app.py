@@ -176,16 +176,16 @@ def image_panel(pipe) -> list[gr.components.Component]:
     on, top = pipe.image_generator is not None, getattr(pipe.image_generator, "max_noise_level", 999)
     with gr.Accordion("Image settings (🎨 Imagine)", open=False, elem_id="image-settings"):
         gr.Markdown("🎨 **Imagine** draws what the model sees in the mix, from the same embedding; the text in the "
-                    "message box is the picture's prompt (optional)." if on else f"_{NO_IMAGE_MODEL}_")
+                    "message box is the picture's prompt (optional)." if on else f"_🎨 Imagine: {NO_IMAGE_MODEL}_")
         negative = gr.Textbox(label="Negative prompt (what to avoid)", max_lines=2, interactive=on)
         with gr.Row():
             steps = gr.Slider(1, 100, step=1, value=IMAGE_DEFAULTS.steps, label="Steps", interactive=on, min_width=120)
             guidance = gr.Slider(0, 20, step=0.5, value=IMAGE_DEFAULTS.guidance, label="Guidance", interactive=on,
                                  min_width=120)
         with gr.Row():
-            noise = gr.Slider(0, top, step=1, value=IMAGE_DEFAULTS.noise_level, label="Noise level (higher: freer)",
+            noise = gr.Slider(0, top, step=1, value=IMAGE_DEFAULTS.noise_level, label="Noise level",
                               interactive=on, min_width=120)
-            seed = gr.Number(-1, precision=0, minimum=-1, label="Seed (-1: a new one each time)", interactive=on,
+            seed = gr.Number(-1, precision=0, minimum=-1, label="Seed (-1: random)", interactive=on,
                              min_width=120, elem_id="image-seed")
         size = gr.Dropdown(SIZES, value="auto", allow_custom_value=True, interactive=on,
                            label="Size, width x height (auto: the model's own)")

@@ -31,6 +31,7 @@ WORK_DIR = Path(tempfile.gettempdir()) / "ibllm-app"  # previews, typed texts, e
 ICONS = {"image": "🖼️", "audio": "🔊", "video": "🎬", "point": "🧊", "text": "📝",
          "depth": "🌊", "thermal": "🌡️", "imu": "📈", "embedding": "🧬"}
 KEEP, REPLACE = "Add to the mix", "Replace the mix"  # what a new message's files do to the mix
+IMAGINE = "🎨 Imagine"  # how a picture turn's question starts (Regenerate tells it from a question)
 TITLE = "ImageBind-LLM"  # toasts carry the app's own titles
 
 
@@ -141,6 +142,9 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
             if not users:
                 raise InputError("nothing to regenerate yet: ask a question first")
             start, question = users[-1], message_text(chat[users[-1]])
+            if question.startswith(IMAGINE):
+                raise InputError("Regenerate answers the last question again; for another picture press 🎨 Imagine "
+                                 "(Seed -1 draws a new one)")
             turn = [chat[start]]
         else:
             question = check_question(message.get("text"), input_text, pipe.limits)
@@ -253,9 +257,9 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
 
 
 # ------------------------------------------------------------------ pictures (the Imagine action)
-NO_IMAGE_MODEL = ("Making pictures needs an image model, and this server has none loaded. Whoever runs it can "
-                  "download Stable unCLIP (about 3.9 GB) with `python -m weights.download unclip` and restart the app "
-                  "with `--unclip weights/downloads/stable-diffusion-2-1-unclip` (README, Image output).")
+NO_IMAGE_MODEL = ("making pictures needs an image model, and this server has none loaded. Whoever runs it can "
+                  "download Stable unCLIP (about 3.9 GB) with “python -m weights.download unclip” and restart the app "
+                  "with “--unclip weights/downloads/stable-diffusion-2-1-unclip” (README, Image output).")
 IMAGE_DEFAULTS = ImageSettings()  # the release's: 20 steps, guidance 10, noise level 0, the model's own size
 SIZES = ["auto", "512x512", "768x768", "768x512", "512x768", "1024x1024"]  # "auto": the model's own size
 IMAGE_KEYS = ("negative_prompt", "steps", "guidance", "noise_level", "seed", "size", "cache")  # /imagine settings
@@ -326,7 +330,7 @@ def imagine_turn(pipe, message: dict | None, chat: list[dict], mix: list[MixInpu
         yield (gr.skip(),) * 4
         return
     start, layout = len(chat), layout + bool(added)
-    chat = chat + [{"role": "user", "content": [f"🎨 Imagine: {prompt}" if prompt else "🎨 Imagine (no prompt)",
+    chat = chat + [{"role": "user", "content": [f"{IMAGINE}: {prompt}" if prompt else f"{IMAGINE} (no prompt)",
                                                  *map(media_part, added)]}]
     box = gr.update(value={"text": "", "files": []}, submit_btn=False, stop_btn=True)
     steps, folder = {"done": 0}, None

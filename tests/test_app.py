@@ -416,6 +416,8 @@ def test_imagine_turn_shows_inputs_progress_the_picture_and_its_seed(imagine_pip
     assert [e.name for e in mix] == ["chelsea.png", "speech.wav"] and layout == 1
     # The same seed, inputs and settings: the same picture. A text question afterwards ignores the picture turn.
     assert imagine(imagine_pipeline, "a red cube", [IMAGE, AUDIO])[1][0][2]["png"] == picture["png"]
+    retried = list(h.respond(imagine_pipeline, None, chat, mix, 1, None, h.KEEP, "", "", FAST, {}, retry=True))
+    assert len(retried) == 1 and all(_is_skip(v) for v in retried[0])  # Regenerate does not answer "🎨 Imagine: ..."
     recording = RecordingPipeline(imagine_pipeline)
     later = send(recording, "What is it?", chat=chat, mix=mix)[0]
     assert later[-1]["role"] == "assistant" and not is_note(later[-1]) and recording.calls[-1]["history"] == []

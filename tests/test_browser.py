@@ -204,3 +204,45 @@ def test_phone_layout(browser, app_url):
     send_and_wait(page, "What is it?")
     page.screenshot(path=str(ARTIFACTS / "phone_chat.png"), full_page=True)
     page.context.close()
+
+
+def test_imagine_puts_the_picture_in_the_chat_turn(browser, imagine_url):
+    """Imagine beside the box: the turn shows the input and its weight, then the picture with a
+    download link and the seed; the settings accordion drives it (2 steps: fast on the tiny model)."""
+    page = open_page(browser, imagine_url, DESKTOP)
+    assert page.locator("#imagine").get_attribute("title").startswith("Make a picture")
+    drop_files(page, [EXAMPLES / "chelsea.png"])
+    page.wait_for_function("document.querySelectorAll('#msg .thumbnail-item, #msg .thumbnails > *').length >= 1")
+    page.locator("#image-settings").get_by_text("Image settings").click()
+    steps = page.locator("#image-settings input[aria-label='number input for Steps']")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#image-seed input").fill("123")
+    page.locator("#msg textarea").fill("a watercolour cat")
+    page.locator("#imagine").click()
+    page.wait_for_function("document.querySelector('#chatbot').innerText.includes('🎨 Seed 123')", timeout=60_000)
+    page.wait_for_selector("#msg .submit-button", timeout=30_000)  # Stop has turned back into Send
+    text = page.locator("#chatbot").inner_text()
+    assert "🎨 Imagine: a watercolour cat" in text and "🖼️ chelsea.png +100%" in text
+    assert "🎨 Seed 123 · 2 steps · guidance 10 · noise level 0 · 32×32" in text
+    picture = page.locator("#chatbot [data-testid='bot'] img[src*='imagebind-llm-seed-123.png']")
+    picture.wait_for()
+    assert page.evaluate("(img) => img.complete && img.naturalWidth", picture.element_handle()) == 32
+    assert picture.bounding_box()["width"] >= 160  # shown large enough to see, not at 32 px
+    link = page.locator("#chatbot [data-testid='download-link'][href*='imagebind-llm-seed-123.png']")
+    assert link.count() == 1 and link.get_attribute("download")
+    assert page.locator("#msg textarea").input_value() == ""  # the prompt went into the turn
+    page.screenshot(path=str(ARTIFACTS / "desktop_imagine.png"), full_page=True)
+    page.context.close()
+
+
+def test_imagine_without_an_image_model_says_how_to_get_one(browser, app_url):
+    page = open_page(browser, app_url, PHONE)
+    page.locator("#msg textarea").fill("a cat")
+    page.locator("#imagine").click()
+    toast = page.locator(".toast-body").filter(has_text="weights.download unclip")
+    toast.first.wait_for()
+    assert "--unclip" in toast.first.inner_text() and "Traceback" not in toast.first.inner_text()
+    assert page.locator("#msg textarea").input_value() == "a cat" and bubbles(page) == 0  # nothing lost, nothing added
+    page.screenshot(path=str(ARTIFACTS / "phone_imagine_no_model.png"), full_page=False)
+    page.context.close()
