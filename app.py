@@ -291,7 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="ImageBind-LLM multimodal chat (Gradio web app).",
         epilog="Environment (used when the flag is not given; handy on Hugging Face Spaces): IBLLM_WEIGHTS (path) "
-               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE (cache path), IBLLM_UNCLIP (--unclip); "
+               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE "
+               "(cache path), IBLLM_UNCLIP (--unclip); "
                "GRADIO_ANALYTICS_ENABLED=True allows Gradio's telemetry (off by default). On Spaces (SPACE_ID set) "
                "the app binds 0.0.0.0.")
     model = parser.add_argument_group("model")
