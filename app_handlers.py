@@ -24,7 +24,7 @@ from demo.chat_session import (MixInput, clamp_weight, conversation_markdown, de
 from demo.config import GenerationConfig
 from demo.errors import DemoError, InputError
 from demo.imagine import ImageSettings
-from demo.serve.content import picture_record
+from demo.serve.content import NEW_SEEDS, picture_record
 
 logger = logging.getLogger("ibllm.app")
 WORK_DIR = Path(tempfile.gettempdir()) / "ibllm-app"  # previews, typed texts, exports (unique mkstemp names)
@@ -263,7 +263,6 @@ NO_IMAGE_MODEL = ("making pictures needs an image model, and this server has non
 IMAGE_DEFAULTS = ImageSettings()  # the release's: 20 steps, guidance 10, noise level 0, the model's own size
 SIZES = ["auto", "512x512", "768x768", "768x512", "512x768", "1024x1024"]  # "auto": the model's own size
 IMAGE_KEYS = ("negative_prompt", "steps", "guidance", "noise_level", "seed", "size", "cache")  # /imagine settings
-APP_SEEDS = 2**32  # seeds drawn here: a browser's numbers hold 53 bits, so the seed shown can be typed back
 
 
 def parse_size(size) -> int | tuple[int, int] | None:
@@ -288,7 +287,7 @@ def image_settings(pipe, prompt: str = "", negative_prompt: str | None = None, s
 
     seed = whole(seed)
     if seed is None or (isinstance(seed, int) and seed == -1):
-        seed = secrets.randbelow(APP_SEEDS)
+        seed = secrets.randbelow(NEW_SEEDS)  # small enough to type back exactly
     settings = ImageSettings(prompt or "", negative_prompt or None, whole(steps), guidance, whole(noise_level), seed,
                              parse_size(size))
     return settings.check(pipe.image_generator.max_noise_level)

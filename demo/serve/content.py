@@ -223,6 +223,9 @@ def remove_folder(folder: str | os.PathLike) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+NEW_SEEDS = 2**32  # seeds a server draws for a picture: exact in every client's numbers (JavaScript's hold 53 bits)
+
+
 def picture_record(out) -> dict:
     """What a client is told about a picture (`ImageBindLLMPipeline.imagine`'s ImagineOutput): the
     seed and settings that make it again, and the inputs' shares. JSON-ready; /imagine, the app

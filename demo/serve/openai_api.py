@@ -44,7 +44,7 @@ from ..errors import BadInputError, BusyError, Cancelled, InputError, PromptTooL
 from ..generation import GenerationState
 from ..imagine import ImageSettings
 from ..pipeline import ImageBindLLMPipeline, InputItem
-from .content import APIError, PartDecoder, ServeOptions, input_parts, picture_record, remove_folder, text_of
+from .content import NEW_SEEDS, APIError, PartDecoder, ServeOptions, input_parts, picture_record, remove_folder, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -369,7 +369,6 @@ def _text_file(decoder: PartDecoder, text: str, where: str) -> str:
 # Images: a picture of what the model sees in the inputs (ImageBindLLMPipeline.imagine)
 # ----------------------------------------------------------------------------------------------
 IMAGE_FIELDS = ("inputs", "weights", "modalities", "cache", "negative_prompt", "steps", "guidance", "noise_level", "seed")
-SEED_RANGE = 2**32  # seeds drawn here: exact in every client's numbers (JavaScript's hold 53 bits)
 
 
 async def _images(request: Request, body: dict, pipe: ImageBindLLMPipeline, options: ServeOptions, *, pictures: dict) -> dict:
@@ -441,7 +440,7 @@ def _image_settings(prompt: str, size: Any, extra: dict, max_noise_level: int) -
     values = {name: extra.get(name, getattr(defaults, name)) for name in ("negative_prompt", "steps", "guidance", "noise_level")}
     seed = extra.get("seed")
     try:
-        return ImageSettings(prompt, **values, seed=secrets.randbelow(SEED_RANGE) if seed is None else seed, size=sides).check(max_noise_level)
+        return ImageSettings(prompt, **values, seed=secrets.randbelow(NEW_SEEDS) if seed is None else seed, size=sides).check(max_noise_level)
     except InputError as exc:
         text = str(exc)  # names the setting: "image setting steps=0 ...", "the image negative prompt is ..."
         names = ("negative_prompt", "steps", "guidance", "noise_level", "seed")
