@@ -496,3 +496,16 @@ def test_unclip_flag_reaches_the_pipeline(monkeypatch):
     assert seen["unclip_path"] == "/data/unclip"
     monkeypatch.setenv("IBLLM_UNCLIP", "/env/unclip")
     assert app.parse_args([]).unclip == "/env/unclip"
+
+
+def test_image_settings_start_at_the_release_defaults(imagine_pipeline, tiny_pipeline):
+    def controls(pipe):
+        config = app.build_demo(pipe).get_config_file()["components"]
+        return {c["props"].get("label"): (c["props"].get("value"), c["props"].get("interactive"), c["props"].get("maximum"))
+                for c in config if c["props"].get("label") in ("Steps", "Guidance", "Noise level", "Seed (-1: random)",
+                                                                "Size, width x height (auto: the model's own)")}
+    on = controls(imagine_pipeline)
+    assert [value for value, _, _ in on.values()] == [20, 10.0, 0, -1, "auto"]  # reference section 13: diffusers' defaults
+    assert on["Noise level"][2] == imagine_pipeline.image_generator.max_noise_level
+    assert all(interactive is not False for _, interactive, _ in on.values())
+    assert all(interactive is False for _, interactive, _ in controls(tiny_pipeline).values())  # no model: shown, off
