@@ -11,6 +11,10 @@ last encoding, reused while the mix is unchanged). The chat is the Chatbot's val
 question with the files it attached, a note (metadata title) listing every input with its weight
 and share, then the answer. Follow-ups: a new message's files are added to the mix (default) or
 replace it ("Files in a new message" in the mix panel); each turn's note says which it used.
+🎨 Imagine (beside the box) makes a picture from the same mix instead of an answer: the box's text is
+its prompt, the turn shows the inputs, "step k of n", the picture (with its download button) and the
+seed that makes it again. An action rather than an output switch: nothing hidden decides what Enter
+does, and text and picture turns mix freely in one conversation.
 """
 
 from __future__ import annotations
@@ -20,20 +24,23 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 import logging
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls to outside hosts unless asked
 import gradio as gr  # noqa: E402
 
-from app_handlers import (ICONS, KEEP, REPLACE, WORK_DIR, add_text, api_chat, attach_to_box, clear_inputs,  # noqa: E402
-                          export_chat, neighbours_rows, remove_input, respond, set_weight, stopped, undo)
+from app_api import wire_api  # noqa: E402
+from app_handlers import (ICONS, IMAGE_DEFAULTS, KEEP, NO_IMAGE_MODEL, REPLACE, SIZES, WORK_DIR, add_text,  # noqa: E402
+                          attach_to_box, clear_inputs, export_chat, imagine_turn, neighbours_rows, remove_input, respond,
+                          set_weight, stopped, undo)
 from demo.cache import CACHE_LIMITS  # noqa: E402
 from demo.chat_request import WEIGHT_RANGE  # noqa: E402
 from demo.chat_session import MixInput, delete_owned, shares  # noqa: E402
-from demo.config import GENERATION_LIMITS, GenerationConfig  # noqa: E402
+from demo.config import GENERATION_LIMITS  # noqa: E402
 from demo.modalities import MODALITIES  # noqa: E402
-from demo.pipeline import POCKET_FOLDER, ImageBindLLMPipeline  # noqa: E402
+from demo.pipeline import ImageBindLLMPipeline  # noqa: E402
+from demo.presets import POCKET_FOLDER, default_preset, preset_of  # noqa: E402,F401  (POCKET_FOLDER: tests)
+from demo.serve.zerogpu import pipeline_class  # noqa: E402
 
 logger = logging.getLogger("ibllm.app")
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +62,7 @@ class ChatPanel:
     roles: gr.Textbox  # hidden: {file name: [modality, weight]} set by a modality button or an example
     buttons: dict[str, gr.UploadButton]
     webcam: gr.Image
+    imagine: gr.Button  # the message's text and files -> a picture of what the model sees
     regenerate: gr.Button
     clear: gr.Button
     export: gr.DownloadButton
@@ -83,7 +91,9 @@ def chat_panel(limit: int) -> ChatPanel:
                                show_label=False, file_count="multiple", sources=["upload", "microphone"],
                                elem_id="msg", max_plain_text_length=limit, stop_btn=False,
                                file_types=sorted({s for m in MODALITIES.values() for s in m.suffixes}))
-    gr.HTML(f'<span id="char-counter" data-limit="{limit}" aria-live="polite">0 / {limit:,}</span>', padding=False)
+    with gr.Row(elem_id="box-actions"):
+        gr.HTML(f'<span id="char-counter" data-limit="{limit}" aria-live="polite">0 / {limit:,}</span>', padding=False)
+        imagine = gr.Button("🎨 Imagine", size="sm", scale=0, min_width=110, elem_id="imagine")
     with gr.Row(elem_id="modality-buttons"):
         buttons = {key: gr.UploadButton(f"{ICONS[key]} {spec.label}", file_types=list(spec.suffixes), size="sm",
                                         file_count="multiple", elem_classes=["modality-button"])
@@ -95,7 +105,7 @@ def chat_panel(limit: int) -> ChatPanel:
     with gr.Row(elem_id="chat-actions"):
         regenerate, clear = gr.Button("🔄 Regenerate", size="sm"), gr.Button("🗑️ Clear chat", size="sm")
         export = gr.DownloadButton("⬇️ Export chat", size="sm", value=None, elem_id="export")
-    return ChatPanel(chatbot, box, gr.Textbox(visible=False), buttons, webcam, regenerate, clear, export)
+    return ChatPanel(chatbot, box, gr.Textbox(visible=False), buttons, webcam, imagine, regenerate, clear, export)
 
 
 def preview(entry: MixInput) -> None:
@@ -163,6 +173,27 @@ def settings_panel(pipe, gen: dict, cache: dict) -> SettingsPanel:
     return SettingsPanel(generation, input_text, controls, neighbours)
 
 
+def image_panel(pipe) -> list[gr.components.Component]:
+    """The Imagine action's controls with the release's defaults (the message box text is the prompt)."""
+    on, top = pipe.image_generator is not None, getattr(pipe.image_generator, "max_noise_level", 999)
+    with gr.Accordion("Image settings (🎨 Imagine)", open=False, elem_id="image-settings"):
+        gr.Markdown("🎨 **Imagine** draws what the model sees in the mix, from the same embedding; the text in the "
+                    "message box is the picture's prompt (optional)." if on else f"_🎨 Imagine: {NO_IMAGE_MODEL}_")
+        negative = gr.Textbox(label="Negative prompt (what to avoid)", max_lines=2, interactive=on)
+        with gr.Row():
+            steps = gr.Slider(1, 100, step=1, value=IMAGE_DEFAULTS.steps, label="Steps", interactive=on, min_width=120)
+            guidance = gr.Slider(0, 20, step=0.5, value=IMAGE_DEFAULTS.guidance, label="Guidance", interactive=on,
+                                 min_width=120)
+        with gr.Row():
+            noise = gr.Slider(0, top, step=1, value=IMAGE_DEFAULTS.noise_level, label="Noise level",
+                              interactive=on, min_width=120)
+            seed = gr.Number(-1, precision=0, minimum=-1, label="Seed (-1: random)", interactive=on,
+                             min_width=120, elem_id="image-seed")
+        size = gr.Dropdown(SIZES, value="auto", allow_custom_value=True, interactive=on,
+                           label="Size, width x height (auto: the model's own)")
+    return [negative, steps, guidance, noise, seed, size]
+
+
 def available_examples(examples_dir: Path = EXAMPLES_DIR, kind: str | None = None) -> list[dict]:
     """examples/gallery.json rows whose files exist: {"kind", "title", "question", "inputs": [(modality,
     path, weight)]}; `kind` "world" (the pocket model's objects) or "real" (for the released weights)."""
@@ -209,8 +240,9 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, ex
                                    "Examples for the real ImageBind-LLM weights")
             with gr.Column(scale=2, min_width=320, elem_id="mix-panel"):
                 mix_controls = mix_panel(pipe, mix, layout)
+                image = image_panel(pipe)
                 settings = settings_panel(pipe, gen, cache)
-        wire(pipe, defaults, concurrency_limit, chat, mix_controls, settings, mix, layout, cond, generation,
+        wire(pipe, defaults, concurrency_limit, chat, mix_controls, settings, image, mix, layout, cond, generation,
              cache_settings)
         demo.load(lambda n: n + 1, layout, layout, **QUICK)  # first render of the mix rows
         if mcp:
@@ -220,8 +252,8 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, ex
     return demo
 
 
-def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: SettingsPanel, mix, layout, cond,
-         generation, cache_settings) -> None:
+def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: SettingsPanel, image: list, mix, layout,
+         cond, generation, cache_settings) -> None:
     model = {"concurrency_id": "model", "concurrency_limit": limit, "show_progress": "minimal",
              "api_visibility": "undocumented"}
     turn_in = [chat.box, chat.chatbot, mix, layout, cond, mixp.mode, chat.roles, settings.input_text, generation,
@@ -230,13 +262,17 @@ def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: Setti
     sent = chat.box.submit(lambda *a: (yield from respond(pipe, *a)), turn_in, turn_out, **model)
     retried = gr.on([chat.regenerate.click, chat.chatbot.retry], lambda *a: (yield from respond(pipe, *a, retry=True)),
                     turn_in, turn_out, **model)
-    for event in (sent, retried):
+    imagined = chat.imagine.click(lambda *a: (yield from imagine_turn(pipe, *a)), [chat.box, chat.chatbot, mix, layout,
+                                  mixp.mode, chat.roles, cache_settings, *image], turn_out[:-1],
+                                  **{**model, "concurrency_id": "picture", "concurrency_limit": 1})
+    for event in (sent, retried, imagined):
         event.then(export_chat, chat.chatbot, chat.export, **QUICK).then(lambda: "", None, chat.roles, **QUICK)
+    for event in (sent, retried):
         event.then(neighbours_rows, cond, settings.neighbours, **QUICK)
-    chat.box.stop(stopped, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried], **QUICK)
-    chat.chatbot.undo(undo, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried], **QUICK)
+    chat.box.stop(stopped, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried, imagined], **QUICK)
+    chat.chatbot.undo(undo, chat.chatbot, [chat.chatbot, chat.box], cancels=[sent, retried, imagined], **QUICK)
     gr.on([chat.clear.click, chat.chatbot.clear], lambda: ([], None), None, [chat.chatbot, chat.export],
-          cancels=[sent, retried], **QUICK)
+          cancels=[sent, retried, imagined], **QUICK)
     for key, button in chat.buttons.items():  # a modality button attaches files read as that modality
         button.upload(lambda files, box, roles, k=key: attach_to_box(files, box, roles, k),
                       [button, chat.box, chat.roles], [chat.box, chat.roles], **QUICK)
@@ -251,50 +287,14 @@ def wire(pipe, defaults, limit, chat: ChatPanel, mixp: MixPanel, settings: Setti
     wire_api(pipe, defaults, limit)
 
 
-API_EXAMPLE = {"question": "What is in this picture, and what do you hear?", "files": None,
-               "modalities": ["image", "audio"], "weights": [1.0, 0.5], "history": [["Hi!", "Hello! Send me an input."]],
-               "settings": {"max_new_tokens": 64, "temperature": 0.0}}
-
-
-def wire_api(pipe, defaults: GenerationConfig, limit: int) -> None:
-    """The documented `/chat` endpoint (docs/api.md), with real names, descriptions and examples."""
-    def chat(question: str, files: list[str] | None = None, modalities: list[str] | str | None = None,
-             weights: list[float] | None = None, history: list[list[str]] | None = None,
-             settings: dict | None = None) -> Iterator[str]:
-        """Answer a question about any number of files, each with a modality and a weight; streams the answer so far.
-
-        Parameters:
-            question: the question or instruction
-            files: the inputs, e.g. [handle_file("cat.png"), handle_file("purr.wav")]; [] for a text-only chat
-            modalities: one per file (image, video, audio, text, point, depth, thermal, imu, embedding), one name for
-                all, or None: from the file type
-            weights: one per file in [-1, 1] (a negative weight steers away), or None for all 1
-            history: earlier turns, oldest first, as [["question", "answer"], ...]
-            settings: optional max_new_tokens, temperature (0 = greedy), top_p, input, and cache: {enabled, k,
-                temperature, weight}
-        """
-        yield from api_chat(pipe, question, files, modalities, weights, history, settings, defaults=defaults)
-
-    with gr.Row(visible=False):
-        inputs = [gr.Textbox(label="question"), gr.File(file_count="multiple", label="files")]
-        inputs += [gr.JSON(label=name) for name in ("modalities", "weights", "history", "settings")]
-        answer = gr.Textbox(label="answer")
-    for comp in inputs:  # realistic values on the "Use via API" page instead of {"foo": "bar"}
-        value = API_EXAMPLE[comp.label] or [{"path": "https://github.com/gradio-app/gradio/raw/main/test/test_files/"
-                                             "bus.png", "meta": {"_type": "gradio.FileData"}}]
-        comp.example_inputs = lambda value=value: value
-    answer.example_inputs = lambda: "A cat lying on a bed; someone is speaking."
-    gr.Button(visible=False).click(chat, inputs, [answer], api_name="chat", concurrency_id="model",
-                                   concurrency_limit=limit)
-
-
 # ------------------------------------------------------------------ command line
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(
         prog="python app.py", description="ImageBind-LLM multimodal chat (Gradio web app; also `ibllm app`).",
         epilog="Environment (used when the flag is not given; handy on Hugging Face Spaces): IBLLM_WEIGHTS (path) "
-               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE (cache path); "
+               "or IBLLM_PRESET (preset name) for --weights, IBLLM_QUANT (8bit|4bit|int8-weight-only), IBLLM_CACHE "
+               "(cache path), IBLLM_UNCLIP (--unclip); "
                "GRADIO_ANALYTICS_ENABLED=True allows Gradio's telemetry (off by default). On Spaces (SPACE_ID set) "
                "the app binds 0.0.0.0.")
     model = parser.add_argument_group("model")
@@ -314,6 +314,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
                        help="compute dtype (default: auto, the library's choice for the device)")
     model.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: best available)")
+    model.add_argument("--unclip", default=env.get("IBLLM_UNCLIP"), metavar="PATH",
+                       help="a local Stable unCLIP folder (python -m weights.download unclip) for 🎨 Imagine: pictures "
+                            "of what the model sees in the inputs. Default: $IBLLM_UNCLIP, else the image model the "
+                            "weights folder names, if any; without one, Imagine says how to get it")
     model.add_argument("--cache", default=env.get("IBLLM_CACHE"), metavar="PATH",
                        help="visual cache index to load (default: $IBLLM_CACHE, else none: cache off)")
     serve = parser.add_argument_group("serving")
@@ -341,23 +345,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def default_preset() -> str:
-    return "pocket" if (POCKET_FOLDER / "imagebind_llm.json").is_file() else "tiny"
-
-
 def is_pocket(weights: str) -> bool:
-    return weights == "pocket" or Path(weights).resolve() == POCKET_FOLDER.resolve()
+    """Whether `weights` is a model of the pocket world (the app then shows the world's examples)."""
+    return (preset := preset_of(weights)) is not None and preset.world
 
 
 def load_pipeline(args: argparse.Namespace) -> ImageBindLLMPipeline:
     cache = args.cache
-    if is_pocket(args.weights) and cache is None and (POCKET_FOLDER / "cache.index").is_file():
-        cache = POCKET_FOLDER / "cache.index"  # the pocket world's own visual cache (its training images)
-    return ImageBindLLMPipeline.from_pretrained(
+    preset = preset_of(args.weights)
+    if cache is None and preset is not None and preset.build is None:  # a shipped preset's own visual cache
+        cache = preset.default_cache(preset.folder())
+    return pipeline_class().from_pretrained(  # on a ZeroGPU Space: ZeroGPUPipeline (demo/serve/zerogpu.py)
         args.weights, device=args.device, dtype=None if args.dtype == "auto" else args.dtype, cache_path=cache,
         quantization="8bit" if args.load_in_8bit else "4bit" if args.load_in_4bit
         else "int8-weight-only" if args.int8_weight_only else None,
-        concurrency=args.concurrency, compile=args.compile)
+        concurrency=args.concurrency, compile=args.compile, unclip_path=args.unclip)
 
 
 def launch_style() -> dict:
@@ -370,7 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     pipe = load_pipeline(args)
     kind = "random placeholder" if pipe.is_placeholder else "pocket-world" if is_pocket(args.weights) else "real"
-    logger.info("serving model %s (%s weights; visual cache %s)", args.weights, kind, "on" if pipe.cache else "off")
+    logger.info("serving model %s (%s weights; visual cache %s; image output %s)", args.weights, kind,
+                "on" if pipe.cache else "off", "on" if pipe.image_generator else "off")
     demo = build_demo(pipe, concurrency_limit=args.concurrency, world_model=is_pocket(args.weights), mcp=args.mcp)
     demo.queue(max_size=args.max_queue)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, max_file_size=args.max_file_size,

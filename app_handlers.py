@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
+import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +23,14 @@ from demo.chat_session import (MixInput, clamp_weight, conversation_markdown, de
                                history_pairs, message_text, mix_key, new_input, run_with_progress, shares)
 from demo.config import GenerationConfig
 from demo.errors import DemoError, InputError
+from demo.imagine import ImageSettings
+from demo.serve.content import NEW_SEEDS, picture_record
 
 logger = logging.getLogger("ibllm.app")
 WORK_DIR = Path(tempfile.gettempdir()) / "ibllm-app"  # previews, typed texts, exports (unique mkstemp names)
 from demo.modalities import ICONS  # noqa: E402  name -> emoji: a column of the modality table
 KEEP, REPLACE = "Add to the mix", "Replace the mix"  # what a new message's files do to the mix
+IMAGINE = "🎨 Imagine"  # how a picture turn's question starts (Regenerate tells it from a question)
 TITLE = "ImageBind-LLM"  # toasts carry the app's own titles
 
 
@@ -136,6 +141,9 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
             if not users:
                 raise InputError("nothing to regenerate yet: ask a question first")
             start, question = users[-1], message_text(chat[users[-1]])
+            if question.startswith(IMAGINE):
+                raise InputError("Regenerate answers the last question again; for another picture press 🎨 Imagine "
+                                 "(Seed -1 draws a new one)")
             turn = [chat[start]]
         else:
             question = check_question(message.get("text"), input_text, pipe.limits)
@@ -170,7 +178,8 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
         chat = chat + [mix_note(mix, len(added))]
         yield chat, box, mix, layout, cond
         answer = ""
-        for delta in pipe.stream(question, cond["cond"], history=history_pairs(chat[:start]), generation=gen_config,
+        history = [(q, a) for q, a in history_pairs(chat[:start]) if a]  # a picture turn has no text answer
+        for delta in pipe.stream(question, cond["cond"], history=history, generation=gen_config,
                                  input_text=(input_text or "").strip() or None, cancel=token):
             answer += delta
             yield chat + [{"role": "assistant", "content": answer}], box, mix, layout, cond
@@ -244,3 +253,159 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
         logger.exception("unexpected error in a /chat request")
         raise gr.Error(f"Unexpected server error ({type(exc).__name__}); it has been logged.",
                        title=f"{TITLE}: no answer") from None
+
+
+# ------------------------------------------------------------------ pictures (the Imagine action)
+NO_IMAGE_MODEL = ("making pictures needs an image model, and this server has none loaded. Whoever runs it can "
+                  "download Stable unCLIP (about 3.9 GB) with “python -m weights.download unclip” and restart the app "
+                  "with “--unclip weights/downloads/stable-diffusion-2-1-unclip” (README, Image output).")
+IMAGE_DEFAULTS = ImageSettings()  # the release's: 20 steps, guidance 10, noise level 0, the model's own size
+SIZES = ["auto", "512x512", "768x768", "768x512", "512x768", "1024x1024"]  # "auto": the model's own size
+IMAGE_KEYS = ("negative_prompt", "steps", "guidance", "noise_level", "seed", "size", "cache")  # /imagine settings
+
+
+def parse_size(size) -> int | tuple[int, int] | None:
+    """"auto"/None: the model's own size; "768x512" (width x height); a side; [width, height]."""
+    if size in (None, "", "auto"):
+        return None
+    if isinstance(size, str):
+        width, sep, height = size.lower().partition("x")
+        if not (sep and width.strip().isdigit() and height.strip().isdigit()):
+            raise InputError(f"image size {size!r} must look like 768x512 (width x height) or auto")
+        return int(width), int(height)
+    return tuple(size) if isinstance(size, list) else size
+
+
+def image_settings(pipe, prompt: str = "", negative_prompt: str | None = None, steps=IMAGE_DEFAULTS.steps,
+                   guidance=IMAGE_DEFAULTS.guidance, noise_level=IMAGE_DEFAULTS.noise_level, seed=None,
+                   size=None) -> ImageSettings:
+    """The controls -> checked settings with a concrete seed (a new one when None or -1). Sliders
+    send whole numbers as floats (20.0): those count as whole."""
+    def whole(value):
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    seed = whole(seed)
+    if seed is None or (isinstance(seed, int) and seed == -1):
+        seed = secrets.randbelow(NEW_SEEDS)  # small enough to type back exactly
+    settings = ImageSettings(prompt or "", negative_prompt or None, whole(steps), guidance, whole(noise_level), seed,
+                             parse_size(size))
+    return settings.check(pipe.image_generator.max_noise_level)
+
+
+def picture_note(record: dict) -> dict:
+    """The note under a picture: the seed and settings that make it again."""
+    title = (f"🎨 Seed {record['seed']} · {record['steps']} steps · guidance {record['guidance']:g} · noise level "
+             f"{record['noise_level']} · {record['size'][0]}×{record['size'][1]}")
+    lines = [f"Prompt: “{record['prompt']}”" if record["prompt"] else "No prompt: the picture comes from the inputs alone",
+             *([f"Negative prompt: “{record['negative_prompt']}”"] if record["negative_prompt"] else []),
+             f"The same inputs, weights and settings with seed {record['seed']} make this picture again "
+             "(Image settings, Seed).", *record["notes"]]
+    return {"role": "assistant", "content": "\n\n".join(lines), "metadata": {"title": title, "status": "done"}}
+
+
+def imagine_turn(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], layout: int, mode: str,
+                 roles_json: str, cache_settings: dict, *image):
+    """Imagine: the message's text is the picture's prompt, its files join the mix like Send's; the
+    turn shows the inputs and weights, then "step k of n", then the picture and its seed.
+
+    `image`: negative prompt, steps, guidance, noise level, seed (-1: new), size. Yields (chat,
+    message box, mix, layout). Refused: a toast, nothing else changes; Stop cancels the work."""
+    message, token, added = message or {}, CancelToken(), []
+    prompt = (message.get("text") or "").strip()
+    try:
+        if pipe.image_generator is None:
+            warn(NO_IMAGE_MODEL, "no picture")
+            yield (gr.skip(),) * 4
+            return
+        settings = image_settings(pipe, prompt, *image)
+        cache = check_cache(cache_settings or {}, pipe.cache_defaults) if pipe.cache is not None else None
+        if not message.get("files") and not (mode == KEEP and mix):
+            raise InputError("a picture is made from your inputs: add an image, a sound, a 3D shape… first")
+        roles = {name: tuple(role) for name, role in json.loads(roles_json or "{}").items()}
+        added, mix = attach(pipe, list(message.get("files") or []), roles, mix, mode)
+    except (DemoError, ValueError, TypeError) as exc:
+        warn(plain_message(exc), "no picture")
+        yield (gr.skip(),) * 4
+        return
+    start, layout = len(chat), layout + bool(added)
+    chat = chat + [{"role": "user", "content": [f"{IMAGINE}: {prompt}" if prompt else f"{IMAGINE} (no prompt)",
+                                                 *map(media_part, added)]}]
+    box = gr.update(value={"text": "", "files": []}, submit_btn=False, stop_btn=True)
+    steps, folder = {"done": 0}, None
+    try:
+        task = run_with_progress(pipe.imagine, [e.item() for e in mix], prompt=settings.prompt,
+                                 negative_prompt=settings.negative_prompt, steps=settings.steps,
+                                 guidance=settings.guidance, noise_level=settings.noise_level, seed=settings.seed,
+                                 size=settings.size, cache=cache, progress=lambda k, n: steps.update(done=k),
+                                 cancel=token, interval=0.25)
+        try:
+            while True:
+                seconds = next(task)
+                if not steps["done"]:
+                    yield chat + [mix_note(mix, len(added), seconds)], box, mix, layout
+                else:
+                    yield chat + [mix_note(mix, len(added)), painting_note(steps["done"], settings.steps)], box, mix, layout
+        except StopIteration as finished:
+            out = finished.value
+        record = picture_record(out)
+        # A fresh folder per picture: the download keeps the file's name. Gradio copies the file into
+        # its own cache when the turn is sent, so the folder goes once the generator resumes.
+        folder = Path(tempfile.mkdtemp(prefix="picture-", dir=WORK_DIR))
+        path = folder / f"imagebind-llm-seed-{record['seed']}.png"
+        out.image.save(path)
+        names = ", ".join(e.name for e in mix)
+        picture = {"role": "assistant", "content": {"path": str(path), "alt_text": f"What the model sees in {names}"}}
+        yield (chat + [mix_note(mix, len(added)), picture, picture_note(record)],
+               gr.update(submit_btn=True, stop_btn=False), mix, layout)
+    except GeneratorExit:  # Stop pressed or tab closed: stop at the next input or step
+        token.cancel()
+        raise
+    except Exception as exc:  # noqa: BLE001: every failure becomes a toast; the conversation stays
+        if isinstance(exc, DemoError):
+            warn(plain_message(exc, [e.item() for e in mix]), "no picture")
+        else:
+            logger.exception("unexpected error in a picture request")
+            gr.Warning(f"No picture: something went wrong on the server ({type(exc).__name__}); it has been "
+                       "logged. Please try again.", title=f"{TITLE}: no picture")
+        yield chat[:start], gr.update(value={"text": prompt, "files": []}, submit_btn=True, stop_btn=False), mix, layout
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def painting_note(done: int, total: int) -> dict:
+    return {"role": "assistant", "content": f"Step {done} of {total}",
+            "metadata": {"title": f"🎨 Painting… step {done} of {total}", "status": "pending"}}
+
+
+def api_imagine(pipe, prompt, files, modalities, weights, settings, progress=None):
+    """/imagine (docs/api.md): (the picture, its record: seed, settings, mix) or a clear error."""
+    request = None
+    try:
+        settings = {} if settings is None else settings
+        if not isinstance(settings, dict):
+            raise InputError('settings must be a JSON object, e.g. {"steps": 20, "seed": 42}')
+        unknown = sorted(set(settings) - set(IMAGE_KEYS))
+        if unknown:
+            raise InputError(f"unknown settings key {unknown[0]!r}; known: {', '.join(IMAGE_KEYS)}")
+        if prompt is not None and not isinstance(prompt, str):
+            raise InputError("prompt must be text (or empty)")
+        if pipe.image_generator is None:
+            raise gr.Error(NO_IMAGE_MODEL, title=f"{TITLE}: no image model")
+        # The inputs are checked as /chat checks them (the question is /chat's only; a stand-in here).
+        request = ChatRequest.parse("(picture)", files, modalities, weights, None, {"cache": settings["cache"]}
+                                    if "cache" in settings else None, limits=pipe.limits,
+                                    cache_defaults=pipe.cache_defaults)
+        image = image_settings(pipe, prompt, **{k: v for k, v in settings.items() if k != "cache"})
+        out = pipe.imagine(request.inputs, **{**vars(image), "cache": request.cache, "progress": progress})
+        return out.image, picture_record(out)
+    except gr.Error:
+        raise
+    except DemoError as exc:
+        message = plain_message(exc, request.inputs if request else ())
+        logger.info("/imagine refused: %s", message)
+        raise gr.Error(message, title=f"{TITLE}: request refused") from None
+    except Exception as exc:
+        logger.exception("unexpected error in an /imagine request")
+        raise gr.Error(f"Unexpected server error ({type(exc).__name__}); it has been logged.",
+                       title=f"{TITLE}: no picture") from None

@@ -1,6 +1,7 @@
 () => {
   // Client-side helpers for app.py: the character counter and an empty-box guard on Send, aria
-  // labels on the mix's remove buttons, and focus on the message box without scrolling a phone.
+  // labels on the mix's remove buttons, Imagine's tooltip, and focus on the message box without
+  // scrolling a phone.
   const update = () => {
     const area = document.querySelector("#msg textarea");
     const counter = document.querySelector("#char-counter");
@@ -17,6 +18,9 @@
         if (send.getAttribute("aria-label") !== (empty ? "Send (type a question first)" : "Send")) send.setAttribute("aria-label", empty ? "Send (type a question first)" : "Send");
       }
     }
+    const imagine = document.querySelector("#imagine");
+    if (imagine && !imagine.title)
+      imagine.title = "Make a picture of what the model sees in your inputs (the text in the box is its prompt)";
     document.querySelectorAll(".mix-remove").forEach((button) => {
       if (button.getAttribute("aria-label")) return;
       const row = button.closest(".mix-row");

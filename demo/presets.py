@@ -43,7 +43,7 @@ class Preset:
 
     def folder(self, home: Path | None = None) -> Path:
         """The converted folder: built (once) or checked to be there."""
-        from .convert import CONFIG_NAME
+        from .folder_format import CONFIG_NAME
 
         if self.build is not None:
             return self.build(home)
@@ -66,7 +66,7 @@ def ensure_tiny(home: str | os.PathLike | None = None) -> Path:
     """Write and convert the tiny preset once (about 3 s); later calls reuse it."""
     import torch
 
-    from .convert import CONFIG_NAME, convert
+    from .folder_format import CONFIG_NAME, convert
     from .tiny import write_tiny_release
 
     root = Path(home) if home else default_home()
@@ -117,6 +117,6 @@ def preset_of(name_or_folder: str | os.PathLike) -> Preset | None:
 
 def default_preset() -> str:
     """What front ends load when told nothing: the pocket model when shipped, else tiny."""
-    from .convert import CONFIG_NAME
+    from .folder_format import CONFIG_NAME
 
     return "pocket" if (POCKET_FOLDER / CONFIG_NAME).is_file() else "tiny"

@@ -50,6 +50,10 @@ def tiny_pipeline():
 @pytest.fixture(scope="session")
 def app_url(tiny_pipeline):
     """The web app served on 127.0.0.1 (a free port) for gradio_client and browser tests."""
+    yield from _serve_app(tiny_pipeline)
+
+
+def _serve_app(pipe):
     import socket
 
     import app
@@ -57,9 +61,37 @@ def app_url(tiny_pipeline):
     with socket.socket() as probe:  # a free port; the tiny race window is fine for tests
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    demo = app.build_demo(tiny_pipeline)
+    demo = app.build_demo(pipe)
     demo.queue(max_size=16)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 max_file_size="20mb", **app.launch_style())
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_unclip(tmp_path_factory):
+    """A tiny random Stable unCLIP folder (demo/imagine/tiny.py) of the tiny encoder's width."""
+    from demo.encoders.encoder import EncoderConfig
+    from demo.imagine.tiny import write_tiny_unclip
+
+    return write_tiny_unclip(tmp_path_factory.mktemp("tiny_unclip"), embed_dim=EncoderConfig.preset("tiny").out_dim)
+
+
+@pytest.fixture(scope="session")
+def imagine_pipeline(tiny_pipeline, tiny_unclip):
+    """The tiny pipeline with an image model (as `python app.py --unclip PATH`): the same LLM,
+    encoder and engine, plus the tiny unCLIP (from_pretrained(unclip_path=) is tested in test_imagine)."""
+    from demo.imagine import UnCLIPGenerator
+    from demo.pipeline import ImageBindLLMPipeline
+
+    p = tiny_pipeline
+    return ImageBindLLMPipeline(p.model, p.encoder, p.cache, limits=p.limits, placeholder=p.is_placeholder,
+                                notice=p.notice, engine=p.engine,
+                                image_generator=UnCLIPGenerator.from_pretrained(tiny_unclip, device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def imagine_url(imagine_pipeline):
+    """The web app with an image model, served like `app_url`."""
+    yield from _serve_app(imagine_pipeline)

@@ -15,7 +15,7 @@ import pytest
 
 import app
 import app_handlers as h
-from demo.chat_session import new_input
+from demo.chat_session import is_note, new_input
 from demo.errors import Cancelled, PromptTooLongError
 from demo.modalities import MODALITIES
 
@@ -248,7 +248,12 @@ def test_the_api_page_documents_chat_only_with_real_names_and_values(tiny_pipeli
     demo = app.build_demo(tiny_pipeline)
     assert not demo.analytics_enabled  # off unless GRADIO_ANALYTICS_ENABLED=True
     info = demo.get_api_info()["named_endpoints"]
-    assert list(info) == ["/chat"]  # helper endpoints hidden
+    assert list(info) == ["/chat", "/imagine"]  # helper endpoints (and the UI's own Imagine) hidden
+    imagine = info["/imagine"]
+    assert imagine["description"].startswith("Make a picture of what the model sees")
+    assert [p["parameter_name"] for p in imagine["parameters"]] == ["prompt", "files", "modalities", "weights", "settings"]
+    assert {p["parameter_name"]: p["example_input"] for p in imagine["parameters"]}["settings"]["seed"] == 42
+    assert "foo" not in str(imagine)
     chat = info["/chat"]
     assert chat["description"].startswith("Answer a question about any number of files")
     names = [p["parameter_name"] for p in chat["parameters"]]
@@ -279,7 +284,7 @@ def test_command_line(monkeypatch, capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     for flag in ("--weights", "--load-in-8bit", "--load-in-4bit", "--dtype", "--device", "--host", "--port",
-                 "--cache", "--share", "--concurrency", "--max-queue", "--max-file-size", "GRADIO_ANALYTICS_ENABLED"):
+                 "--cache", "--unclip", "IBLLM_UNCLIP", "--share", "--concurrency", "--max-queue", "--max-file-size", "GRADIO_ANALYTICS_ENABLED"):
         assert flag in help_text
     assert app.is_pocket("pocket") and app.is_pocket(str(app.POCKET_FOLDER)) and not app.is_pocket("tiny")
 
@@ -348,5 +353,159 @@ def test_the_startup_log_names_the_model_served(tiny_pipeline, monkeypatch, capl
     monkeypatch.setattr(app, "build_demo", lambda pipe, **kwargs: served.update(kwargs) or NoServer())
     with caplog.at_level(logging.INFO, logger="ibllm.app"):
         app.main(["--weights", "tiny", "--port", "7999", "--no-openai-api"])
-    assert "serving model tiny (random placeholder weights; visual cache off)" in caplog.text
+    assert "serving model tiny (random placeholder weights; visual cache off; image output off)" in caplog.text
     assert served["world_model"] is False and served["server_port"] == 7999
+
+
+# --------------------------------------------------------------------------- pictures (Imagine)
+PICTURE = ("", 2, 10.0, 0, 7, "48x32")  # negative prompt, steps, guidance, noise level, seed, size: fast on the tiny model
+
+
+class SlowSteps:
+    """Wraps a pipeline: each denoising step reports, then waits, so the UI's progress shows."""
+
+    def __init__(self, pipe, wait: float = 0.4):
+        self._pipe, self.wait, self.token = pipe, wait, None
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def imagine(self, inputs, *, progress=None, cancel=None, **kwargs):
+        self.token = cancel
+
+        def slow(k, n):
+            progress(k, n)
+            threading.Event().wait(self.wait)
+        return self._pipe.imagine(inputs, progress=slow, cancel=cancel, **kwargs)
+
+
+def imagine(pipe, text, files=(), mix=None, mode=h.KEEP, picture=PICTURE):
+    """Run one Imagine click to the end: (every update, the last (chat, box, mix, layout) with skips resolved)."""
+    state, updates = [[], None, list(mix or []), 0], []
+    for update in h.imagine_turn(pipe, {"text": text, "files": [str(f) for f in files]}, [], state[2], 0, mode, "",
+                                 {}, *picture):
+        updates.append(update)
+        if update[0] and not _is_skip(update[0]):
+            # Gradio copies the picture into its cache as the turn is sent: read it now, as that copy would
+            update[0][:] = [{**m, "png": Path(m["content"]["path"]).read_bytes()} if isinstance(m["content"], dict)
+                            and m["content"].get("path", "").endswith(".png") else m for m in update[0]]
+        state = [old if _is_skip(new) else new for old, new in zip(state, update)]
+    return updates, state
+
+
+def test_imagine_turn_shows_inputs_progress_the_picture_and_its_seed(imagine_pipeline):
+    from PIL import Image
+
+    import io
+
+    updates, (chat, box, mix, layout) = imagine(SlowSteps(imagine_pipeline), "a red cube", [IMAGE, AUDIO])
+    titles = [(m.get("metadata") or {}).get("title") or "" for u in updates for m in u[0]]
+    assert "🎨 Painting… step 1 of 2" in titles  # progress, step k of n, inside the turn
+    user, note, picture, seed_note = chat
+    assert user["content"][0] == "🎨 Imagine: a red cube" and [p["alt_text"] for p in user["content"][1:]] == \
+        ["chelsea.png", "speech.wav"]  # the inputs are in the turn
+    assert note["metadata"]["title"].endswith("🖼️ chelsea.png +50% · 🔊 speech.wav +50%")  # and their weights
+    image = Image.open(io.BytesIO(picture["png"]))
+    assert image.format == "PNG" and image.size == (48, 32)
+    assert Path(picture["content"]["path"]).name == "imagebind-llm-seed-7.png"  # the download's name
+    assert not Path(picture["content"]["path"]).exists()  # our copy is gone once Gradio has its own
+    assert seed_note["metadata"]["title"] == "🎨 Seed 7 · 2 steps · guidance 10 · noise level 0 · 48×32"
+    assert "a red cube" in seed_note["content"] and "seed 7 make this picture again" in seed_note["content"]
+    assert updates[0][1]["value"] == {"text": "", "files": []} and updates[0][1]["stop_btn"]  # accepted: Send -> Stop
+    assert box["submit_btn"] and not box["stop_btn"]  # done: Stop -> Send
+    assert [e.name for e in mix] == ["chelsea.png", "speech.wav"] and layout == 1
+    # The same seed, inputs and settings: the same picture. A text question afterwards ignores the picture turn.
+    assert imagine(imagine_pipeline, "a red cube", [IMAGE, AUDIO])[1][0][2]["png"] == picture["png"]
+    retried = list(h.respond(imagine_pipeline, None, chat, mix, 1, None, h.KEEP, "", "", FAST, {}, retry=True))
+    assert len(retried) == 1 and all(_is_skip(v) for v in retried[0])  # Regenerate does not answer "🎨 Imagine: ..."
+    recording = RecordingPipeline(imagine_pipeline)
+    later = send(recording, "What is it?", chat=chat, mix=mix)[0]
+    assert later[-1]["role"] == "assistant" and not is_note(later[-1]) and recording.calls[-1]["history"] == []
+
+
+def test_imagine_seed_minus_one_draws_a_new_replayable_seed(imagine_pipeline):
+    seeds = set()
+    for _ in range(2):
+        chat = imagine(imagine_pipeline, "", [IMAGE], picture=(*PICTURE[:4], -1, "48x32"))[1][0]
+        seeds.add(int(chat[-1]["metadata"]["title"].split()[2]))
+        assert chat[0]["content"][0] == "🎨 Imagine (no prompt)"
+    assert len(seeds) == 2 and all(0 <= s < 2**32 for s in seeds)  # a browser's number box holds it exactly
+
+
+def test_imagine_without_an_image_model_explains_how_to_get_one(tiny_pipeline, caplog):
+    with caplog.at_level(logging.INFO, logger="ibllm.app"):
+        updates, _ = imagine(tiny_pipeline, "a cat", [IMAGE])
+    assert len(updates) == 1 and all(_is_skip(v) for v in updates[0])  # nothing changes: no turn, text kept
+    assert "python -m weights.download unclip" in caplog.text and "--unclip" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_imagine_refusals_keep_everything(imagine_pipeline, caplog):
+    with caplog.at_level(logging.INFO, logger="ibllm.app"):
+        nothing = imagine(imagine_pipeline, "a cat")[0]  # no inputs: nothing to draw from
+        bad_size = imagine(imagine_pipeline, "a cat", [IMAGE], picture=(*PICTURE[:5], "33x32"))[0]
+    for updates in (nothing, bad_size):
+        assert len(updates) == 1 and all(_is_skip(v) for v in updates[0])
+    assert "add an image, a sound" in caplog.text and "not a multiple of 8" in caplog.text
+
+
+def test_stop_cancels_the_picture(imagine_pipeline):
+    pipe = SlowSteps(imagine_pipeline, wait=5.0)
+    turn = h.imagine_turn(pipe, {"text": "", "files": [str(IMAGE)]}, [], [], 0, h.KEEP, "", {}, *PICTURE)
+    for update in turn:
+        if any("step 1 of 2" in ((m.get("metadata") or {}).get("title") or "") for m in update[0]):
+            break
+    turn.close()  # what Gradio does on Stop or a closed tab
+    assert pipe.token.cancelled
+    chat, box = h.stopped(update[0])
+    assert chat[-1]["metadata"]["title"] == "⏹️ Stopped" and box["submit_btn"]
+
+
+def test_gradio_client_imagine_returns_a_png_and_its_record(imagine_url, app_url):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from PIL import Image
+
+    client = Client(imagine_url, verbose=False)
+    settings = {"steps": 2, "seed": 11, "size": "48x32", "negative_prompt": "blurry"}
+    path, record = client.predict("a watercolour", [handle_file(str(IMAGE)), handle_file(str(AUDIO))], None, [1.0, -0.5],
+                                  settings, api_name="/imagine")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (48, 32)
+    assert record["seed"] == 11 and record["steps"] == 2 and record["negative_prompt"] == "blurry"
+    assert [(m["modality"], m["share"]) for m in record["mix"]] == [("image", 0.6667), ("audio", -0.3333)]
+    again, _ = client.predict("a watercolour", [handle_file(str(IMAGE)), handle_file(str(AUDIO))], None, [1.0, -0.5],
+                              settings, api_name="/imagine")
+    assert Path(again).read_bytes() == Path(path).read_bytes()  # same seed, same picture
+    with pytest.raises(AppError, match="unknown settings key 'stpes'; known: negative_prompt"):
+        client.predict("", [handle_file(str(IMAGE))], None, None, {"stpes": 2}, api_name="/imagine")
+    with pytest.raises(AppError, match="steps=0 must be a whole number"):
+        client.predict("", [handle_file(str(IMAGE))], None, None, {"steps": 0}, api_name="/imagine")
+    # Without an image model: a plain explanation, no traceback.
+    with pytest.raises(AppError, match="python -m weights.download unclip") as info:
+        Client(app_url, verbose=False).predict("", [handle_file(str(IMAGE))], None, None, None, api_name="/imagine")
+    assert "Traceback" not in str(info.value)
+
+
+def test_unclip_flag_reaches_the_pipeline(monkeypatch):
+    monkeypatch.delenv("IBLLM_UNCLIP", raising=False)
+    assert app.parse_args([]).unclip is None
+    seen = {}
+    monkeypatch.setattr(app.ImageBindLLMPipeline, "from_pretrained", lambda weights, **kw: seen.update(kw))
+    app.load_pipeline(app.parse_args(["--weights", "tiny", "--unclip", "/data/unclip"]))
+    assert seen["unclip_path"] == "/data/unclip"
+    monkeypatch.setenv("IBLLM_UNCLIP", "/env/unclip")
+    assert app.parse_args([]).unclip == "/env/unclip"
+
+
+def test_image_settings_start_at_the_release_defaults(imagine_pipeline, tiny_pipeline):
+    def controls(pipe):
+        config = app.build_demo(pipe).get_config_file()["components"]
+        return {c["props"].get("label"): (c["props"].get("value"), c["props"].get("interactive"), c["props"].get("maximum"))
+                for c in config if c["props"].get("label") in ("Steps", "Guidance", "Noise level", "Seed (-1: random)",
+                                                                "Size, width x height (auto: the model's own)")}
+    on = controls(imagine_pipeline)
+    assert [value for value, _, _ in on.values()] == [20, 10.0, 0, -1, "auto"]  # reference section 13: diffusers' defaults
+    assert on["Noise level"][2] == imagine_pipeline.image_generator.max_noise_level
+    assert all(interactive is not False for _, interactive, _ in on.values())
+    assert all(interactive is False for _, interactive, _ in controls(tiny_pipeline).values())  # no model: shown, off

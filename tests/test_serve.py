@@ -26,6 +26,17 @@ MODEL = "imagebind-llm-tiny"
 
 @pytest.fixture(scope="module")
 def server(tiny_pipeline):
+    yield from serve(tiny_pipeline)
+
+
+@pytest.fixture(scope="module")
+def picture_client(imagine_pipeline):
+    """A client of a server whose pipeline has an image model (the tiny unCLIP)."""
+    for url in serve(imagine_pipeline):
+        yield openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+
+
+def serve(pipe):
     import uvicorn
 
     from demo.serve import ServeOptions, create_app
@@ -34,7 +45,7 @@ def server(tiny_pipeline):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     options = ServeOptions(model_name=MODEL, max_body_bytes=2 * 2**20)
-    config = uvicorn.Config(create_app(tiny_pipeline, options), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(pipe, options), host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -257,6 +268,7 @@ def test_command_help():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0
     assert "--weights" in result.stdout and "/v1" in result.stdout and "--allow-local-files" in result.stdout
+    assert "--unclip" in result.stdout and "images/generations" in result.stdout
 
 
 def test_disconnect_while_waiting_for_a_whole_answer_cancels(server, tiny_pipeline):
@@ -288,6 +300,9 @@ def test_mounts_into_the_gradio_app(tiny_pipeline):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
         reply = client.chat.completions.create(model="imagebind-llm", messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
         assert reply.choices[0].message.content is not None
+        with pytest.raises(openai.InternalServerError) as info:  # the image route is there; this pipeline has no image model
+            client.images.generate(prompt="a cat", extra_body={"imagebind": {"inputs": [image_part()]}})
+        assert info.value.status_code == 503 and "weights.download unclip" in info.value.body["message"]
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
     finally:
         demo.close()
@@ -303,3 +318,82 @@ def test_inputs_of_an_earlier_turn_without_text_count(client, server):
     response = httpx.post(f"{server}/chat/completions", json={"messages": broken, "max_tokens": 6}, timeout=60)
     assert with_image.choices[0].message.content is not None
     assert response.status_code == 400 and response.json()["error"]["param"] == "messages[0].content[0]"
+
+
+# ----------------------------------------------------------------------------------------------
+# POST /v1/images/generations
+# ----------------------------------------------------------------------------------------------
+def image_part() -> dict:
+    return {"type": "image_url", "image_url": {"url": png_data_url()}}
+
+
+def picture(client, prompt="a watercolour", size="48x32", **imagebind):
+    """images.generate with the inputs and settings in the `imagebind` extra field."""
+    extra = {"inputs": [image_part(), {"type": "input_audio", "input_audio": {"data": wav_base64(), "format": "wav"}}],
+             "weights": [1.0, 0.5], "steps": 2, **imagebind}
+    return client.images.generate(model=MODEL, prompt=prompt, size=size, response_format="b64_json",
+                                  extra_body={"imagebind": extra})
+
+
+def test_images_generate_returns_a_png_of_the_asked_size_and_its_record(picture_client):
+    from PIL import Image
+
+    reply = picture(picture_client, seed=5, negative_prompt="blurry")
+    assert len(reply.data) == 1
+    image = Image.open(io.BytesIO(base64.b64decode(reply.data[0].b64_json)))
+    assert image.format == "PNG" and image.size == (48, 32)  # size is WIDTHxHEIGHT
+    record = reply.model_extra["imagebind"]
+    assert (record["seed"], record["steps"], record["prompt"], record["negative_prompt"]) == (5, 2, "a watercolour", "blurry")
+    assert [(m["modality"], m["share"]) for m in record["mix"]] == [("image", 0.6667), ("audio", 0.3333)]
+    assert reply.size == "48x32" and reply.output_format == "png"
+    again = picture(picture_client, seed=5, negative_prompt="blurry")
+    assert again.data[0].b64_json == reply.data[0].b64_json  # same seed, same picture
+    drawn = picture(picture_client)  # no seed: a new one, returned so the picture can be made again
+    seed = drawn.model_extra["imagebind"]["seed"]
+    assert 0 <= seed < 2**32 and picture(picture_client, seed=seed).data[0].b64_json == drawn.data[0].b64_json
+
+
+@pytest.mark.parametrize("change, param", [
+    ({"n": 2}, "n"),
+    ({"size": "48by32"}, "size"),
+    ({"size": "36x32"}, "size"),  # not a multiple of 8
+    ({"response_format": "url"}, "response_format"),
+    ({"imagebind": {"inputs": []}}, "imagebind.inputs"),
+    ({"imagebind": {"inputs": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}},
+     "imagebind.inputs[0]"),
+    ({"imagebind": {"inputs": [{"type": "text", "text": "hi"}]}}, "imagebind.inputs[0]"),
+    ({"imagebind": {"inputs": [{"type": "image_url", "image_url": {"url": "x"}}], "stpes": 2}}, "imagebind.stpes"),
+    ({"imagebind": {"inputs": [{"type": "image_url", "image_url": {"url": "x"}}], "steps": 0}}, "imagebind.steps"),
+    ({"imagebind": {"inputs": [{"type": "image_url", "image_url": {"url": "x"}}], "weights": [1, 2]}}, "imagebind.weights"),
+])
+def test_bad_image_requests_are_400_naming_the_field(picture_client, change, param):
+    body = {"model": MODEL, "prompt": "a cat", "size": "48x32",
+            "imagebind": {"inputs": [image_part()], "steps": 2}, **change}
+    response = httpx.post(f"{picture_client.base_url}images/generations", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_images_oversize_413_and_without_an_image_model_503_not_retried(picture_client, server):
+    big = "data:image/png;base64," + base64.b64encode(b"\0" * (3 * 2**20)).decode()
+    response = httpx.post(f"{picture_client.base_url}images/generations", timeout=60, json={
+        "prompt": "x", "imagebind": {"inputs": [{"type": "image_url", "image_url": {"url": big}}]}})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=2, timeout=60)
+    started = time.time()
+    with pytest.raises(openai.InternalServerError) as info:
+        client.images.generate(prompt="a cat", extra_body={"imagebind": {"inputs": [image_part()]}})
+    assert info.value.status_code == 503 and info.value.body["code"] == "image_model_missing"
+    assert "python -m weights.download unclip" in info.value.body["message"]
+    assert info.value.response.headers["x-should-retry"] == "false" and time.time() - started < 5  # no retries
+
+
+def test_images_busy_is_503(imagine_pipeline):
+    from fastapi.testclient import TestClient
+
+    from demo.serve import ServeOptions, create_app
+
+    with TestClient(create_app(imagine_pipeline, ServeOptions(max_pending_pictures=0))) as local:
+        response = local.post("/v1/images/generations", json={"prompt": "", "imagebind": {"inputs": [image_part()]}})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "server_busy"

@@ -31,9 +31,11 @@ from ..pipeline import InputItem
 class APIError(Exception):
     """An error answered in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, type: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers  # e.g. {"x-should-retry": "false"}: OpenAI's clients then do not retry a 503
         self.type = type or {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
                              503: "server_overloaded"}.get(status, "server_error")
 
@@ -50,6 +52,7 @@ class ServeOptions:
     local_root: Path | None = None  # server-local paths allowed only under this folder
     allow_remote_urls: bool = False  # fetch http(s) image_url / file URLs
     remote_timeout_s: float = 20.0
+    max_pending_pictures: int = 8  # /v1/images/generations made or waiting at once; more are answered 503
 
 
 # Default suffix of each input_audio "format" and of common MIME types that mimetypes misses.
@@ -218,3 +221,20 @@ def remove_folder(folder: str | os.PathLike) -> None:
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
+
+
+NEW_SEEDS = 2**32  # seeds a server draws for a picture: exact in every client's numbers (JavaScript's hold 53 bits)
+
+
+def picture_record(out) -> dict:
+    """What a client is told about a picture (`ImageBindLLMPipeline.imagine`'s ImagineOutput): the
+    seed and settings that make it again, and the inputs' shares. JSON-ready; /imagine, the app
+    and /v1/images/generations give the same record."""
+    settings = out.settings
+    return {
+        "seed": settings.seed, "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
+        "steps": settings.steps, "guidance": float(settings.guidance), "noise_level": settings.noise_level,
+        "size": list(out.image.size),  # [width, height]
+        "mix": [{"modality": modality, "name": name, "share": round(float(share), 4)} for modality, name, share in out.mix],
+        "notes": list(out.notes),
+    }

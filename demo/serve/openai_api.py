@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP API over one `ImageBindLLMPipeline` (FastAPI router).
 
     app = FastAPI()
-    mount_openai(app, pipe)            # POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models
+    mount_openai(app, pipe)            # POST /v1/chat/completions, POST /v1/embeddings, GET /v1/models,
+                                       # POST /v1/images/generations (when the pipeline has an image model)
 
 Requests to the engine share its forward passes (demo/engine.py). Encoding (file decoding +
 ImageBind) blocks, so it runs in a worker thread; the event loop keeps serving. Every request
@@ -21,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import io
 import json
 import logging
+import secrets
 import tempfile
 import time
 import uuid
@@ -39,8 +42,9 @@ from ..cancel import CancelToken
 from ..config import GenerationConfig
 from ..errors import BadInputError, BusyError, Cancelled, InputError, PromptTooLongError
 from ..generation import GenerationState
+from ..imagine import ImageSettings
 from ..pipeline import ImageBindLLMPipeline, InputItem
-from .content import APIError, PartDecoder, ServeOptions, input_parts, remove_folder, text_of
+from .content import NEW_SEEDS, APIError, PartDecoder, ServeOptions, input_parts, picture_record, remove_folder, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ def openai_router(pipe: ImageBindLLMPipeline, options: ServeOptions) -> APIRoute
             _check_model(body, options)
             return await handler(request, body, pipe, options)
         except APIError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
@@ -87,6 +91,12 @@ def openai_router(pipe: ImageBindLLMPipeline, options: ServeOptions) -> APIRoute
     @router.post("/embeddings")
     async def embeddings(request: Request):
         return await answer(request, _embeddings)
+
+    pictures = {"pending": 0}  # made or waiting now (changed on the event loop only: no lock needed)
+
+    @router.post("/images/generations")
+    async def images_generations(request: Request):
+        return await answer(request, functools.partial(_images, pictures=pictures))
 
     return router
 
@@ -353,6 +363,90 @@ def _text_file(decoder: PartDecoder, text: str, where: str) -> str:
     """A text input is loaded like an uploaded .txt file (the text loader's limits apply)."""
     part = {"type": "file", "file": {"file_data": base64.b64encode(text.encode()).decode(), "filename": "input.txt"}}
     return decoder.item(part, where).source
+
+
+# ----------------------------------------------------------------------------------------------
+# Images: a picture of what the model sees in the inputs (ImageBindLLMPipeline.imagine)
+# ----------------------------------------------------------------------------------------------
+IMAGE_FIELDS = ("inputs", "weights", "modalities", "cache", "negative_prompt", "steps", "guidance", "noise_level", "seed")
+
+
+async def _images(request: Request, body: dict, pipe: ImageBindLLMPipeline, options: ServeOptions, *, pictures: dict) -> dict:
+    """OpenAI's images.generate shape; the inputs, their weights and the image settings come in
+    the `imagebind` field (docs/api.md), the picture as b64_json with its record (seed, mix...)."""
+    if pipe.image_generator is None:
+        raise APIError(503, "this server has no image model: whoever runs it can download Stable unCLIP with "
+                            "`python -m weights.download unclip` and restart with --unclip <that folder>",
+                       code="image_model_missing", headers={"x-should-retry": "false"})
+    prompt = body.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise APIError(400, "prompt must be a string (it may be empty: the picture then follows the inputs alone)", param="prompt")
+    if body.get("n", 1) != 1:
+        raise APIError(400, "only n=1 is supported", param="n")
+    if (body.get("response_format") or "b64_json") != "b64_json":
+        raise APIError(400, "response_format must be b64_json: this server keeps no pictures to link to", param="response_format")
+    if (body.get("output_format") or "png") != "png":
+        raise APIError(400, "output_format must be png", param="output_format")
+    extra = body.get("imagebind")
+    if not isinstance(extra, dict) or not isinstance(extra.get("inputs"), list) or not extra["inputs"]:
+        raise APIError(400, "a picture is made from inputs: send imagebind.inputs, a list of content parts "
+                            "(image_url, input_audio or file, as in chat messages)", param="imagebind.inputs")
+    unknown = sorted(set(extra) - set(IMAGE_FIELDS))
+    if unknown:
+        raise APIError(400, f"unknown imagebind field {unknown[0]!r}; known: {', '.join(IMAGE_FIELDS)}", param=f"imagebind.{unknown[0]}")
+    settings = _image_settings(prompt, body.get("size"), extra, pipe.image_generator.max_noise_level)
+    parts = [(part, f"imagebind.inputs[{i}]") for i, part in enumerate(extra["inputs"])]
+    if not all(isinstance(part, dict) for part, _ in parts):
+        raise APIError(400, "imagebind.inputs must hold content parts (objects)", param="imagebind.inputs")
+    cache = _cache(extra.get("cache"), pipe.cache_defaults)
+    if pictures["pending"] >= options.max_pending_pictures:
+        raise APIError(503, f"the server is making {pictures['pending']} pictures already; try again shortly", code="server_busy")
+
+    pictures["pending"] += 1
+    token = CancelToken()
+    watcher = asyncio.ensure_future(_cancel_on_disconnect(request, token))
+    folder = tempfile.mkdtemp(prefix="ibllm-serve-")
+    where: list[str] = []
+    try:
+        items, where = _items(parts, extra, PartDecoder(folder, options, pipe.limits))
+        out = await anyio.to_thread.run_sync(functools.partial(pipe.imagine, items, **vars(settings), cache=cache, cancel=token))
+    except BadInputError as exc:
+        param = where[exc.index] if 0 <= exc.index < len(where) else "imagebind.inputs"
+        raise APIError(400, f"{param}: {exc}", param=param, code="bad_input") from None
+    except Exception as exc:
+        raise _api_error(exc) from None
+    finally:
+        pictures["pending"] -= 1
+        watcher.cancel()
+        token.cancel()  # done or failed: stops work still running for a cancelled handler
+        remove_folder(folder)
+    png = io.BytesIO()
+    out.image.save(png, "PNG")
+    width, height = out.image.size
+    return {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(png.getvalue()).decode(), "revised_prompt": None}],
+            "output_format": "png", "size": f"{width}x{height}", "imagebind": picture_record(out)}
+
+
+def _image_settings(prompt: str, size: Any, extra: dict, max_noise_level: int) -> ImageSettings:
+    """The body's picture settings, checked; a missing seed becomes a new one (returned in the record)."""
+    if size in (None, "auto"):
+        sides = None
+    else:
+        width, sep, height = size.partition("x") if isinstance(size, str) else ("", "", "")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise APIError(400, f"size must be auto or WIDTHxHEIGHT, e.g. 768x512; got {size!r}", param="size")
+        sides = (int(width), int(height))
+    defaults = ImageSettings()
+    values = {name: extra.get(name, getattr(defaults, name)) for name in ("negative_prompt", "steps", "guidance", "noise_level")}
+    seed = extra.get("seed")
+    try:
+        return ImageSettings(prompt, **values, seed=secrets.randbelow(NEW_SEEDS) if seed is None else seed, size=sides).check(max_noise_level)
+    except InputError as exc:
+        text = str(exc)  # names the setting: "image setting steps=0 ...", "the image negative prompt is ..."
+        names = ("negative_prompt", "steps", "guidance", "noise_level", "seed")
+        param = next((f"imagebind.{n}" for n in names if n in text or n.replace("_", " ") in text),
+                     "size" if "size" in text else "prompt")
+        raise APIError(400, text, param=param) from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
   python -m demo.serve --ray --replicas 2 --gpus-per-replica 0.5 --weights ...   # Ray Serve (ray[serve])
 
 Endpoints (under /v1): POST chat/completions (streaming or not; image_url, input_audio and file
-parts for every modality), POST embeddings (ImageBind's joint space), GET models. Any OpenAI
+parts for every modality), POST embeddings (ImageBind's joint space), POST images/generations
+(a picture of what the model sees in the inputs; needs an image model: --unclip), GET models. Any OpenAI
 client works:
 
   from openai import OpenAI
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dtype", help="float16, bfloat16, float32 (default: the folder's)")
     group.add_argument("--quantization", choices=["8bit", "4bit"], help="bitsandbytes, LLaMA only")
     group.add_argument("--cache", type=Path, help="faiss index of the visual cache (default: cache off)")
+    group.add_argument("--unclip", type=Path, metavar="DIR",
+                       help="a local Stable unCLIP folder (ibllm download unclip) for POST images/generations "
+                            "(default: the image model the weights folder names, if any; else that endpoint answers 503)")
     group.add_argument("--imagebind", type=Path, help="ImageBind weights, when the folder does not record them")
     group.add_argument("--compile", action="store_true", help="the engine's compiled fast path (GPU; see README, Engine)")
     group = parser.add_argument_group("capacity and safety")
@@ -72,5 +76,6 @@ def settings(args: argparse.Namespace, base: Path | None = None):
     )
     weights = args.weights if args.weights in PRESETS else str(absolute(args.weights))
     kwargs = dict(device=args.device, dtype=args.dtype, quantization=args.quantization, cache_path=absolute(args.cache),
-                  imagebind_path=absolute(args.imagebind), concurrency=args.concurrency, compile=args.compile)
+                  imagebind_path=absolute(args.imagebind), concurrency=args.concurrency, compile=args.compile,
+                  unclip_path=absolute(args.unclip))
     return weights, options, kwargs
