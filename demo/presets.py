@@ -66,7 +66,7 @@ def ensure_tiny(home: str | os.PathLike | None = None) -> Path:
     """Write and convert the tiny preset once (about 3 s); later calls reuse it."""
     import torch
 
-    from .folder_format import CONFIG_NAME, convert
+    from .convert import CONFIG_NAME, convert
     from .tiny import write_tiny_release
 
     root = Path(home) if home else default_home()
