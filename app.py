@@ -315,7 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="compute dtype (default: auto, the library's choice for the device)")
     model.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: best available)")
     model.add_argument("--unclip", default=env.get("IBLLM_UNCLIP"), metavar="PATH",
-                       help="a local Stable unCLIP folder (python -m weights.download unclip) for 🎨 Imagine: pictures "
+                       help="a local Stable unCLIP folder (ibllm download unclip) for 🎨 Imagine: pictures "
                             "of what the model sees in the inputs. Default: $IBLLM_UNCLIP, else the image model the "
                             "weights folder names, if any; without one, Imagine says how to get it")
     model.add_argument("--cache", default=env.get("IBLLM_CACHE"), metavar="PATH",

@@ -257,7 +257,7 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
 
 # ------------------------------------------------------------------ pictures (the Imagine action)
 NO_IMAGE_MODEL = ("making pictures needs an image model, and this server has none loaded. Whoever runs it can "
-                  "download Stable unCLIP (about 3.9 GB) with “python -m weights.download unclip” and restart the app "
+                  "download Stable unCLIP (about 3.9 GB) with “ibllm download unclip” and restart the app "
                   "with “--unclip weights/downloads/stable-diffusion-2-1-unclip” (README, Image output).")
 IMAGE_DEFAULTS = ImageSettings()  # the release's: 20 steps, guidance 10, noise level 0, the model's own size
 SIZES = ["auto", "512x512", "768x768", "768x512", "512x768", "1024x1024"]  # "auto": the model's own size

@@ -71,9 +71,9 @@ def _serve_app(pipe):
 
 @pytest.fixture(scope="session")
 def tiny_unclip(tmp_path_factory):
-    """A tiny random Stable unCLIP folder (demo/imagine/tiny.py) of the tiny encoder's width."""
+    """A tiny random Stable unCLIP folder (tests/tiny_unclip.py) of the tiny encoder's width."""
     from demo.encoders.encoder import EncoderConfig
-    from demo.imagine.tiny import write_tiny_unclip
+    from tiny_unclip import write_tiny_unclip
 
     return write_tiny_unclip(tmp_path_factory.mktemp("tiny_unclip"), embed_dim=EncoderConfig.preset("tiny").out_dim)
 

@@ -436,7 +436,7 @@ def test_imagine_without_an_image_model_explains_how_to_get_one(tiny_pipeline, c
     with caplog.at_level(logging.INFO, logger="ibllm.app"):
         updates, _ = imagine(tiny_pipeline, "a cat", [IMAGE])
     assert len(updates) == 1 and all(_is_skip(v) for v in updates[0])  # nothing changes: no turn, text kept
-    assert "python -m weights.download unclip" in caplog.text and "--unclip" in caplog.text
+    assert "ibllm download unclip" in caplog.text and "--unclip" in caplog.text
     assert "Traceback" not in caplog.text
 
 
@@ -482,7 +482,7 @@ def test_gradio_client_imagine_returns_a_png_and_its_record(imagine_url, app_url
     with pytest.raises(AppError, match="steps=0 must be a whole number"):
         client.predict("", [handle_file(str(IMAGE))], None, None, {"steps": 0}, api_name="/imagine")
     # Without an image model: a plain explanation, no traceback.
-    with pytest.raises(AppError, match="python -m weights.download unclip") as info:
+    with pytest.raises(AppError, match="ibllm download unclip") as info:
         Client(app_url, verbose=False).predict("", [handle_file(str(IMAGE))], None, None, None, api_name="/imagine")
     assert "Traceback" not in str(info.value)
 

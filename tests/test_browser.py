@@ -252,7 +252,7 @@ def test_imagine_without_an_image_model_says_how_to_get_one(browser, app_url):
     page = open_page(browser, app_url, PHONE)
     page.locator("#msg textarea").fill("a cat")
     page.locator("#imagine").click()
-    toast = page.locator(".toast-body").filter(has_text="weights.download unclip")
+    toast = page.locator(".toast-body").filter(has_text="ibllm download unclip")
     toast.first.wait_for()
     assert "--unclip" in toast.first.inner_text() and "Traceback" not in toast.first.inner_text()
     assert page.locator("#msg textarea").input_value() == "a cat" and bubbles(page) == 0  # nothing lost, nothing added

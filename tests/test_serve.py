@@ -302,7 +302,7 @@ def test_mounts_into_the_gradio_app(tiny_pipeline):
         assert reply.choices[0].message.content is not None
         with pytest.raises(openai.InternalServerError) as info:  # the image route is there; this pipeline has no image model
             client.images.generate(prompt="a cat", extra_body={"imagebind": {"inputs": [image_part()]}})
-        assert info.value.status_code == 503 and "weights.download unclip" in info.value.body["message"]
+        assert info.value.status_code == 503 and "ibllm download unclip" in info.value.body["message"]
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
     finally:
         demo.close()
@@ -385,7 +385,7 @@ def test_images_oversize_413_and_without_an_image_model_503_not_retried(picture_
     with pytest.raises(openai.InternalServerError) as info:
         client.images.generate(prompt="a cat", extra_body={"imagebind": {"inputs": [image_part()]}})
     assert info.value.status_code == 503 and info.value.body["code"] == "image_model_missing"
-    assert "python -m weights.download unclip" in info.value.body["message"]
+    assert "ibllm download unclip" in info.value.body["message"]
     assert info.value.response.headers["x-should-retry"] == "false" and time.time() - started < 5  # no retries
 
 

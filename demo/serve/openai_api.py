@@ -376,7 +376,7 @@ async def _images(request: Request, body: dict, pipe: ImageBindLLMPipeline, opti
     the `imagebind` field (docs/api.md), the picture as b64_json with its record (seed, mix...)."""
     if pipe.image_generator is None:
         raise APIError(503, "this server has no image model: whoever runs it can download Stable unCLIP with "
-                            "`python -m weights.download unclip` and restart with --unclip <that folder>",
+                            "`ibllm download unclip` and restart with --unclip <that folder>",
                        code="image_model_missing", headers={"x-should-retry": "false"})
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
