@@ -221,7 +221,7 @@ def build_demo(pipeline: ImageBindLLMPipeline, *, concurrency_limit: int = 1, ex
     WORK_DIR.mkdir(mode=0o700, exist_ok=True)
     defaults = replace(pipe.generation_defaults, temperature=0.0) if world_model else pipe.generation_defaults
     gen = {name: getattr(defaults, name) for name in GENERATION_LIMITS}
-    cache = {"enabled": pipe.cache is not None, **{name: getattr(pipe.cache_defaults, name) for name in CACHE_LIMITS}}
+    cache = {"enabled": pipe.cache is not None, **{name: getattr(pipe.retrieval_defaults, name) for name in CACHE_LIMITS}}
     with gr.Blocks(title="ImageBind-LLM chat", analytics_enabled=os.environ.get("GRADIO_ANALYTICS_ENABLED") == "True",
                    delete_cache=(3600, 6 * 3600)) as demo:  # uploads older than 6 h are deleted hourly
         mix, layout, cond = gr.State([], delete_callback=delete_owned), gr.State(0), gr.State(None)

@@ -135,7 +135,7 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
     message, token, start, added = message or {}, CancelToken(), len(chat), []
     try:
         gen_config = check_generation(generation or {}, pipe.generation_defaults)
-        cache = check_cache(cache_settings or {}, pipe.cache_defaults) if pipe.cache is not None else None
+        cache = check_cache(cache_settings or {}, pipe.retrieval_defaults) if pipe.cache is not None else None
         if retry:
             users = [n for n, m in enumerate(chat) if m["role"] == "user"]
             if not users:
@@ -235,7 +235,7 @@ def api_chat(pipe, question, files, modalities, weights, history, settings, *,
     try:
         request = ChatRequest.parse(question, files, modalities, weights, history, settings, limits=pipe.limits,
                                     generation_defaults=defaults or pipe.generation_defaults,
-                                    cache_defaults=pipe.cache_defaults)
+                                    cache_defaults=pipe.retrieval_defaults)
         cond = pipe.encode(request.inputs, request.cache, cancel=token)
         answer = ""
         for delta in pipe.stream(request.question, cond, history=request.history, input_text=request.input_text,
@@ -318,7 +318,7 @@ def imagine_turn(pipe, message: dict | None, chat: list[dict], mix: list[MixInpu
             yield (gr.skip(),) * 4
             return
         settings = image_settings(pipe, prompt, *image)
-        cache = check_cache(cache_settings or {}, pipe.cache_defaults) if pipe.cache is not None else None
+        cache = check_cache(cache_settings or {}, pipe.retrieval_defaults) if pipe.cache is not None else None
         if not message.get("files") and not (mode == KEEP and mix):
             raise InputError("a picture is made from your inputs: add an image, a sound, a 3D shape… first")
         roles = {name: tuple(role) for name, role in json.loads(roles_json or "{}").items()}
@@ -395,7 +395,7 @@ def api_imagine(pipe, prompt, files, modalities, weights, settings, progress=Non
         # The inputs are checked as /chat checks them (the question is /chat's only; a stand-in here).
         request = ChatRequest.parse("(picture)", files, modalities, weights, None, {"cache": settings["cache"]}
                                     if "cache" in settings else None, limits=pipe.limits,
-                                    cache_defaults=pipe.cache_defaults)
+                                    cache_defaults=pipe.retrieval_defaults)
         image = image_settings(pipe, prompt, **{k: v for k, v in settings.items() if k != "cache"})
         out = pipe.imagine(request.inputs, **{**vars(image), "cache": request.cache, "progress": progress})
         return out.image, picture_record(out)

@@ -318,10 +318,10 @@ def test_what_the_cache_recalled_is_listed():
     import numpy as np
     import torch
 
-    from demo.cache import CacheResult
+    from demo.cache import RetrievalResult
     from demo.pipeline import Conditioning
 
-    result = CacheResult(torch.zeros(4), np.array([[7, 3, -1]]), np.array([[0.9, 0.5, np.nan]], dtype=np.float32),
+    result = RetrievalResult(torch.zeros(4), np.array([[7, 3, -1]]), np.array([[0.9, 0.5, np.nan]], dtype=np.float32),
                          np.zeros((1, 3), dtype=np.float32), [["cone.png", None, None]])
     cond = {"key": "", "cond": Conditioning(torch.zeros(4), torch.zeros(1, 1, 1), neighbours=result)}
     assert h.neighbours_rows(cond) == [[1, 7, 0.9, "cone.png"], [2, 3, 0.5, ""]]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo.cache import CacheConfig, VisualCache, sources_path
+from demo.cache import RetrievalSettings, VisualCache, sources_path
 from demo.errors import InputError, WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,16 +138,16 @@ def test_retrieve_input_errors():
 
 
 def test_cache_off_and_config(tmp_path):
-    assert VisualCache.from_config(CacheConfig()) is None  # off by default
-    assert (CacheConfig().k, CacheConfig().temperature, CacheConfig().weight) == (10, 20.0, 0.5)
+    assert VisualCache.from_config(RetrievalSettings()) is None  # off by default
+    assert (RetrievalSettings().k, RetrievalSettings().temperature, RetrievalSettings().weight) == (10, 20.0, 0.5)
     with pytest.raises(InputError, match="index_path"):
-        VisualCache.from_config(CacheConfig(enabled=True))
+        VisualCache.from_config(RetrievalSettings(enabled=True))
     with pytest.raises(WeightsError, match="not found"):
-        VisualCache.from_config(CacheConfig(enabled=True, index_path=str(tmp_path / "none.index")))
+        VisualCache.from_config(RetrievalSettings(enabled=True, index_path=str(tmp_path / "none.index")))
     with pytest.raises(InputError, match="temperature"):
-        CacheConfig(temperature=101).check()
+        RetrievalSettings(temperature=101).check()
     faiss.write_index(flat_index(clustered(40)), str(tmp_path / "ok.index"))
-    cache = VisualCache.from_config(CacheConfig(enabled=True, index_path=str(tmp_path / "ok.index")), dim=D)
+    cache = VisualCache.from_config(RetrievalSettings(enabled=True, index_path=str(tmp_path / "ok.index")), dim=D)
     assert cache.describe().startswith("on: 40 entries")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from demo.cache import CacheConfig
+from demo.cache import RetrievalSettings
 from demo.config import GenerationConfig
 from demo.eval import captions, mme
 from demo.eval.runner import Runner, RunSettings, Sample, sample_key
@@ -128,7 +128,7 @@ def test_sample_key_depends_on_every_setting():
         sample_key(sample, RunSettings(model="tiny", generation=GenerationConfig(max_new_tokens=4, temperature=0.0))),
         sample_key(Sample("s", "Q? Please answer yes or no.", sample.inputs), base),
         sample_key(Sample("s", "Q?", [InputItem("image", "b.png")]), base),
-        sample_key(Sample("s", "Q?", sample.inputs, cache=CacheConfig(enabled=True)), base),
+        sample_key(Sample("s", "Q?", sample.inputs, cache=RetrievalSettings(enabled=True)), base),
     }
     assert len(keys) == 6 and all(k.startswith("s|") for k in keys)
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from demo.cache import CacheConfig, VisualCache
+from demo.cache import RetrievalSettings, VisualCache
 from demo.cancel import CancelToken
 from demo.errors import Cancelled, InputError, WeightsError
 from demo.imagine import ImageSettings, UnCLIPGenerator
@@ -138,7 +138,7 @@ def test_image_embedding_with_the_cache_keeps_the_mixs_norm(pipe, inputs):
     cache = flat_cache(rng.normal(size=(8, pipe.embed_dim)))
     cached = ImageBindLLMPipeline(pipe.model, pipe.encoder, cache, engine=pipe.engine, image_generator=pipe.image_generator)
     plain, *_ = pipe.image_embedding(inputs)
-    embedding, _, neighbours, _ = cached.image_embedding(inputs, CacheConfig(enabled=True, k=3, temperature=20.0, weight=0.5))
+    embedding, _, neighbours, _ = cached.image_embedding(inputs, RetrievalSettings(enabled=True, k=3, temperature=20.0, weight=0.5))
     # By hand, from the cache rows the search returned
     u = unit(plain.numpy())
     rows = np.stack([cache.index.reconstruct(int(i)) for i in neighbours.ids[0]]).astype(np.float64)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cache import CacheConfig
+from ..cache import RetrievalSettings
 from ..config import GenerationConfig
 from ..pipeline import PRESETS
 from . import captions, mme, pocket
@@ -53,9 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache", choices=("off", "on", "both"), help="answer without / with the cache, or both (pocket rows; "
                        "default: pocket both, others off)")
     cache.add_argument("--cache-index", type=Path, help="faiss index (default: the model folder's cache.index)")
-    cache.add_argument("--cache-k", type=int, default=CacheConfig.k, help="neighbours (default: %(default)s)")
-    cache.add_argument("--cache-temperature", type=float, default=CacheConfig.temperature, help="(default: %(default)s)")
-    cache.add_argument("--cache-weight", type=float, default=CacheConfig.weight, help="(default: %(default)s)")
+    cache.add_argument("--cache-k", type=int, default=RetrievalSettings.k, help="neighbours (default: %(default)s)")
+    cache.add_argument("--cache-temperature", type=float, default=RetrievalSettings.temperature, help="(default: %(default)s)")
+    cache.add_argument("--cache-weight", type=float, default=RetrievalSettings.weight, help="(default: %(default)s)")
 
     commands = parser.add_subparsers(dest="benchmark", required=True)
     m = commands.add_parser("mme", parents=[common], help="MME yes/no benchmark (perception + cognition)")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, tokens: int) -> int:
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens or tokens, temperature=args.temperature, top_p=args.top_p,
                                   seed=args.seed).check()
-    cache = CacheConfig(enabled=args.cache == "on", k=args.cache_k, temperature=args.cache_temperature, weight=args.cache_weight).check()
+    cache = RetrievalSettings(enabled=args.cache == "on", k=args.cache_k, temperature=args.cache_temperature, weight=args.cache_weight).check()
     out = args.out or Path("eval-results") / f"{args.benchmark}-{_slug(args.model)}"
     began = time.perf_counter()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..cache import CacheConfig
+from ..cache import RetrievalSettings
 from ..config import GenerationConfig
 from ..pipeline import InputItem
 
@@ -38,7 +38,7 @@ class Sample:
     question: str
     inputs: list[InputItem] = field(default_factory=list)
     reference: Any = None
-    cache: CacheConfig | None = None  # this sample's cache setting (pocket rows); None: the run's
+    cache: RetrievalSettings | None = None  # this sample's cache setting (pocket rows); None: the run's
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RunSettings:
 
     model: str  # "pocket", "tiny" or the folder's resolved path
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=32, temperature=0.0))
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    cache: RetrievalSettings = field(default_factory=RetrievalSettings)
 
 
 def _source_key(item: InputItem) -> Any:
@@ -59,7 +59,7 @@ def _source_key(item: InputItem) -> Any:
     return repr(item.source)
 
 
-def _cache_key(cache: CacheConfig) -> dict:
+def _cache_key(cache: RetrievalSettings) -> dict:
     # Only the settings that change an answer: the index path/nprobe/mmap are fixed by the loaded pipeline.
     return {"enabled": cache.enabled, **({"k": cache.k, "temperature": cache.temperature, "weight": cache.weight} if cache.enabled else {})}
 

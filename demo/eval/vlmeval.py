@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from ..cache import CacheConfig
+from ..cache import RetrievalSettings
 from ..config import GenerationConfig
 from .adapters import Scratch, modality_of_path, to_inputs
 
@@ -32,7 +32,7 @@ class ImageBindLLMVLM(BaseModel):
     INTERLEAVE = False  # every input is mixed into one conditioning vector; text order is not kept
     allowed_types = ["text", "image", "video", "audio"]
 
-    def __init__(self, pretrained: str = "pocket", pipeline=None, cache: CacheConfig | None = None,
+    def __init__(self, pretrained: str = "pocket", pipeline=None, cache: RetrievalSettings | None = None,
                  generation: GenerationConfig | None = None, **load_kwargs) -> None:
         if BaseModel is not object:
             super().__init__()
@@ -41,7 +41,7 @@ class ImageBindLLMVLM(BaseModel):
 
             pipeline = ImageBindLLMPipeline.from_pretrained(pretrained, **load_kwargs)
         self.pipe = pipeline
-        self.cache = cache or CacheConfig(enabled=False)
+        self.cache = cache or RetrievalSettings(enabled=False)
         self.generation = generation or GenerationConfig(max_new_tokens=128, temperature=0.0)
 
     @staticmethod

@@ -53,7 +53,7 @@ def mix_unnormalised(embeddings: Sequence[torch.Tensor], weights: Sequence[float
 
 def blend_keeping_norm(mix: torch.Tensor, cache, *, k: int, temperature: float, weight: float):
     """Section 13's cache step: remember |mix|, blend the unit direction (section 8), put |mix|
-    back. Returns (the [D] vector, the demo.cache.CacheResult)."""
+    back. Returns (the [D] vector, the demo.cache.RetrievalResult)."""
     norm = mix.norm()
     result = cache.retrieve(F.normalize(mix, dim=0), k=k, temperature=temperature, weight=weight)
     # retrieve returns normalise((1 - w) v + w r) already; normalising again is the release's step, a no-op here

@@ -37,7 +37,7 @@ import anyio
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ..cache import CacheConfig
+from ..cache import RetrievalSettings
 from ..cancel import CancelToken
 from ..config import GenerationConfig
 from ..errors import BadInputError, BusyError, Cancelled, InputError, PromptTooLongError
@@ -116,7 +116,7 @@ async def _chat(request: Request, body: dict, pipe: ImageBindLLMPipeline, option
     extra = body.get("imagebind") or {}
     if not isinstance(extra, dict):
         raise APIError(400, "imagebind must be an object", param="imagebind")
-    cache = _cache(extra.get("cache"), pipe.cache_defaults)
+    cache = _cache(extra.get("cache"), pipe.retrieval_defaults)
 
     token = CancelToken()
     watcher = asyncio.ensure_future(_cancel_on_disconnect(request, token))
@@ -302,14 +302,14 @@ def _stop(stop: Any) -> tuple[str, ...]:
     return tuple(stop)
 
 
-def _cache(value: Any, defaults: CacheConfig) -> CacheConfig:
+def _cache(value: Any, defaults: RetrievalSettings) -> RetrievalSettings:
     if value is None:
         return defaults
     if not isinstance(value, dict) or set(value) - set(CLIENT_CACHE_FIELDS):
         raise APIError(400, f"imagebind.cache may set only {', '.join(CLIENT_CACHE_FIELDS)}", param="imagebind.cache")
-    base = {f.name: getattr(defaults, f.name) for f in fields(CacheConfig)}
+    base = {f.name: getattr(defaults, f.name) for f in fields(RetrievalSettings)}
     try:
-        return CacheConfig(**{**base, **value}).check()
+        return RetrievalSettings(**{**base, **value}).check()
     except (InputError, TypeError) as exc:
         raise APIError(400, f"imagebind.cache: {exc}", param="imagebind.cache") from None
 
@@ -398,7 +398,7 @@ async def _images(request: Request, body: dict, pipe: ImageBindLLMPipeline, opti
     parts = [(part, f"imagebind.inputs[{i}]") for i, part in enumerate(extra["inputs"])]
     if not all(isinstance(part, dict) for part, _ in parts):
         raise APIError(400, "imagebind.inputs must hold content parts (objects)", param="imagebind.inputs")
-    cache = _cache(extra.get("cache"), pipe.cache_defaults)
+    cache = _cache(extra.get("cache"), pipe.retrieval_defaults)
     if pictures["pending"] >= options.max_pending_pictures:
         raise APIError(503, f"the server is making {pictures['pending']} pictures already; try again shortly", code="server_busy")
 

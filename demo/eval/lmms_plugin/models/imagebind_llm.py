@@ -12,7 +12,7 @@ from __future__ import annotations
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import lmms
 
-from demo.cache import CacheConfig
+from demo.cache import RetrievalSettings
 from demo.config import GenerationConfig
 from demo.eval.adapters import Scratch, cut_at, generation_from, to_inputs
 from demo.eval.runner import progress_bar
@@ -28,8 +28,8 @@ class ImageBindLLM(lmms):
     temperature, top_p (request gen_kwargs override the last three)."""
 
     def __init__(self, pretrained: str = "pocket", device: str | None = None, dtype: str | None = None, quantization: str | None = None,
-                 imagebind: str | None = None, cache: str = "off", cache_index: str | None = None, cache_k: int = CacheConfig.k,
-                 cache_temperature: float = CacheConfig.temperature, cache_weight: float = CacheConfig.weight,
+                 imagebind: str | None = None, cache: str = "off", cache_index: str | None = None, cache_k: int = RetrievalSettings.k,
+                 cache_temperature: float = RetrievalSettings.temperature, cache_weight: float = RetrievalSettings.weight,
                  max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = GenerationConfig.top_p,
                  pipeline=None, batch_size: int = 1, **unused) -> None:
         super().__init__()
@@ -40,7 +40,7 @@ class ImageBindLLM(lmms):
             pipeline = ImageBindLLMPipeline.from_pretrained(pretrained, device=device, dtype=dtype, quantization=quantization,
                                                             cache_path=cache_index if on else None, imagebind_path=imagebind)
         self.pipe = pipeline
-        self.cache = CacheConfig(enabled=on, k=int(cache_k), temperature=float(cache_temperature), weight=float(cache_weight)).check()
+        self.cache = RetrievalSettings(enabled=on, k=int(cache_k), temperature=float(cache_temperature), weight=float(cache_weight)).check()
         self.generation = GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p)).check()
         self.batch_size = 1  # one request at a time: the pipeline decodes one answer per call
 
