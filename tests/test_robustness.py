@@ -206,7 +206,7 @@ def test_a_truncated_imagebind_checkpoint_is_reported_with_the_fix(tiny_files):
 
     checkpoint = tiny_files / "imagebind_w3D.pth"
     cut_in_half(checkpoint)
-    with pytest.raises(WeightsError, match=r"imagebind_w3D\.pth.*incomplete.*python -m weights\.download"):
+    with pytest.raises(WeightsError, match=r"imagebind_w3D\.pth.*incomplete.*ibllm download"):
         MultimodalEncoder.from_pretrained(checkpoint, device="cpu")
 
 
