@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import app
+import app_handlers
 from demo.config import GenerationConfig
 from demo.errors import InputError, PromptTooLongError
 
@@ -44,7 +45,9 @@ def unsafe_loads(path: Path, root: Path = ROOT) -> list[str]:
         call = (owner_name, node.func.attr)
         keywords = {k.arg: k.value for k in node.keywords}
         where = f"{path.relative_to(root)}:{node.lineno}"
-        if call in UNPICKLING:
+        round_trip = (len(node.args) == 1 and isinstance(node.args[0], ast.Call) and isinstance(node.args[0].func, ast.Attribute)
+                      and node.args[0].func.attr == "dumps")  # pickle.loads(pickle.dumps(x)): a copy, no foreign bytes
+        if call in UNPICKLING and not round_trip:
             found.append(f"{where}: {owner_name}.{node.func.attr} unpickles")
         elif call == ("torch", "load"):
             flag = keywords.get("weights_only")
@@ -70,6 +73,7 @@ def test_the_unsafe_load_check_catches_what_it_should(tmp_path):
         "torch.load('x.pt')\n"
         "torch.load('x.pt', weights_only=False)\n"
         "np.load('x.npy', allow_pickle=True)\n"
+        "pickle.loads(pickle.dumps(object()))\n"  # fine: a copy of the program's own object
         "torch.load('x.pt', map_location='cpu', weights_only=True)\n"  # fine
         "np.load('x.npy')\n")  # fine: allow_pickle defaults to False
     hits = unsafe_loads(tmp_path / "bad.py", root=tmp_path)
@@ -168,4 +172,4 @@ def test_prompt_and_token_limits_reach_the_api(app_url, tiny_pipeline):
 ])
 def test_malformed_api_arguments_get_a_message(tiny_pipeline, weights, history, settings, message):
     with pytest.raises(gr.Error, match=message):
-        list(app.api_chat(tiny_pipeline, "q", [str(IMAGE)], "image", weights, history, settings))
+        list(app_handlers.api_chat(tiny_pipeline, "q", [str(IMAGE)], "image", weights, history, settings))

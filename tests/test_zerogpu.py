@@ -94,7 +94,7 @@ class WorkerBoundary:
                     if stop.is_set():
                         results.close()
                         break
-                    items.put(pickle.dumps(item))
+                    items.put(pickle.loads(pickle.dumps(item)))  # crossed as spaces crosses it
                 items.put(None)
 
             thread = threading.Thread(target=run)
@@ -102,7 +102,7 @@ class WorkerBoundary:
             thread.start()
             try:
                 while (item := items.get()) is not None:
-                    yield pickle.loads(item)
+                    yield item
             except GeneratorExit:
                 stop.set()
                 raise
