@@ -14,7 +14,7 @@ import torch
 
 from demo.inputs.registry import load_input
 from demo.pipeline import POCKET_FOLDER
-from demo.world.language import answer, parse_answer, rotary_unpermute
+from demo.world.language import CANNOT_TELL, answer, flat_instruction, instruction_records, parse_answer, rotary_unpermute
 from demo.world.scene import ATTRIBUTES, WorldSpec, generate_world, make_object, read_world, render
 
 
@@ -45,6 +45,34 @@ def test_answers_parse_back():
         assert parse_answer(answer(kind, entry))[kind] == entry[kind]
     assert parse_answer(answer("describe", entry)) == {"shape": "cone", "colour": "purple", "size": "large"}
     assert parse_answer("I do not know.") == {"shape": None, "colour": None, "size": None}
+
+
+def test_answers_say_what_an_input_cannot_show():
+    entry = {"shape": "cone", "colour": "purple", "size": "large", "caption": "a large purple cone"}
+    assert answer("colour", entry, "depth") == "I cannot tell the colour from a depth map."
+    assert answer("size", entry, "point") == "I cannot tell the size from a point cloud."
+    assert parse_answer(answer("size", entry, "depth"))["size"] == "large"  # a depth map shows the size
+    assert parse_answer(answer("colour", entry, "audio"))["colour"] == "purple"  # pitch is colour (scene.sound)
+    assert answer("describe", entry, "point") == "It is a cone." and answer("describe", entry, "depth") == "It is a large cone."
+    assert answer("size", entry, "image", "Is it big?") == "Yes, it is large."
+
+
+def test_stage2_multi_turn_records_tokenise_as_the_prompt_the_app_sends(tiny_pipeline, tmp_path):
+    """Training (demo.train.data.tokenize) and the app (pipeline.prompt_ids with the chat's
+    history) must see the same tokens, or follow-ups are asked in a format never trained."""
+    from demo.train.data import Record, tokenize
+
+    files = {m: str(tmp_path / f"x.{m}") for m in ("image", "depth", "point", "audio")}
+    entries = [{"shape": "cube", "colour": "red", "size": "small", "caption": "a small red cube", "files": files}]
+    records = instruction_records(entries * 3)
+    assert {r["image"] for r in records} == {files["image"], files["depth"], files["point"]}  # sounds: never with text
+    multi = [r for r in records if "### Response:" in r["instruction"]]
+    assert multi and all(CANNOT_TELL in r["output"] for r in records if r["image"] == files["point"] and "colour" in r["instruction"].split("\n")[-1])
+    history = [("What shape is this?", "It is a cube."), ("What colour is it?", "It is red.")]
+    flat = flat_instruction("Is it big?", history)
+    tokenizer = tiny_pipeline.model.tokenizer
+    sample = tokenize(Record("x", flat, None, "No, it is small.", None), tokenizer, 512)
+    assert sample.ids[: sample.prompt_len].tolist() == tiny_pipeline.prompt_ids("Is it big?", history)[0]
 
 
 def test_rotary_unpermute_inverts_the_converter():
