@@ -62,7 +62,7 @@ class Recipe:
     mix_pairs: int = 48
     decoder: DecoderTraining = field(default_factory=DecoderTraining)
     decoder_side: int = 32  # pixels of the decoder's pictures (and of its targets)
-    dialogue_objects: int | None = 96  # held-out objects in the follow-up / cannot-tell table (None: all)
+    extra_eval_objects: int | None = 96  # held-out objects in the conversation and image-decoder tables (None: all)
 
     @classmethod
     def quick(cls) -> "Recipe":
@@ -72,7 +72,7 @@ class Recipe:
             encoder=EncoderTraining(text_steps=60, bind_steps=60, batch_size=48),
             llama=LlamaTraining(steps=160),
             stage1_steps=80, stage2_steps=100, eval_objects=24, eval_modalities=("image", "audio"), mix_pairs=0,
-            decoder=DecoderTraining(steps=150), dialogue_objects=24,
+            decoder=DecoderTraining(steps=150), extra_eval_objects=24,
         )
 
 
@@ -152,7 +152,7 @@ def build(work: Path, recipe: Recipe = Recipe()) -> Path:
 
     # 10. Evaluation
     report, numbers = evaluate_folder(folder, test[: recipe.eval_objects], train, recipe.eval_modalities, recipe.mix_pairs,
-                                      dialogue_objects=recipe.dialogue_objects)
+                                      extra_objects=recipe.extra_eval_objects)
     lap("evaluation")
     report += "\n\nBuild times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + f", total {sum(times.values()):.0f}"
     (folder / "evaluation.md").write_text(report + "\n")
@@ -267,7 +267,7 @@ def write_examples(out: Path, entries: list[dict]) -> None:
 
 def evaluate_folder(
     folder: Path, test: list[dict], train: list[dict], modalities: tuple[str, ...] = Recipe.eval_modalities, mix_pairs: int = 48,
-    dialogue_objects: int | None = Recipe.dialogue_objects,
+    extra_objects: int | None = Recipe.extra_eval_objects,
 ) -> tuple[str, dict]:
     """Encoder retrieval check + the pipeline table + conversations + image decoder:
     (markdown, the same numbers as a dict)."""
@@ -285,8 +285,8 @@ def evaluate_folder(
     pipe = ImageBindLLMPipeline.from_pretrained(folder, device="cpu", cache_path=Path(folder) / CACHE_NAME)
     result = evaluate(pipe, test, modalities, mix_pairs=mix_pairs)
     talk_modalities = tuple(dict.fromkeys((*modalities, *(m for m in STAGE2_MODALITIES if m != "image"))))
-    talk = dialogues(pipe, test[:dialogue_objects], talk_modalities)
-    pictures = evaluate_decoder(pipe, encoder, test, train)
+    talk = dialogues(pipe, test[:extra_objects], talk_modalities)
+    pictures = evaluate_decoder(pipe, encoder, test[:extra_objects], train)
     numbers = {"retrieval": retrieval, "answers": {f"{m} cache {'on' if c else 'off'}": row for (m, c), row in result.rows.items()},
                "mix": result.mix, "dialogues": talk, "image_decoder": pictures}
     return ("\n".join(lines) + "\n\nAnswers of the pocket model (pipeline, greedy)\n\n" + result.table()
