@@ -2,8 +2,10 @@
 
 For each input modality and each held-out object, the pipeline (encoder -> mix -> optional visual
 cache -> bind network -> gated LLaMA) answers one question per attribute the modality carries,
-greedily; `language.parse_answer` reads the attribute back. Only images were ever paired with
-text (stage 1 and 2 saw images alone; the encoder aligned audio, depth and points to images).
+greedily; `language.parse_answer` reads the attribute back. Stage 1 paired images alone with
+text; stage 2 saw instructions about images, depth maps and point clouds (the last two
+so that the model learns what they cannot show); sounds and videos were never paired with text
+(the encoder aligned audio, depth and points to images).
 Each (modality, cache on/off) pair is one task, and so is the arithmetic below.
 
 Modality arithmetic: the embeddings of two objects that differ in every attribute (the image of
@@ -29,7 +31,9 @@ from .runner import Runner, RunSettings, Sample
 
 logger = logging.getLogger(__name__)
 GREEDY = GenerationConfig(max_new_tokens=24, temperature=0.0)
-NEVER_WITH_TEXT = ("audio", "point", "depth")  # aligned to images only
+NEVER_WITH_TEXT = ("audio",)  # aligned to images only, never in an instruction
+# In stage 2 since issue 13, so that the model learns what they cannot show (colour, size).
+STAGE2_WITH_TEXT = ("point", "depth")
 MODALITIES = ("image", "video", "audio", "point", "depth")
 README_NAMES = {"point": "point cloud"}
 
@@ -81,6 +85,8 @@ class Evaluation:
 
 
 def _paired(modality: str) -> str:
+    if modality in STAGE2_WITH_TEXT:
+        return "stage 2 only"
     return "no" if modality in NEVER_WITH_TEXT else "yes" if modality == "image" else "no (image tower)"
 
 
