@@ -103,6 +103,30 @@ def test_quick_build_answers_beat_chance(quick_build):
     assert audio["colour"] >= chance["colour"] + 0.25 and audio["size"] >= chance["size"] + 0.2, answers
 
 
+def test_quick_build_follow_ups_and_what_an_input_cannot_show(quick_build):
+    """Issue 13: a follow-up after the shape question (the model's own answer in the history, as
+    the app sends it) is answered about the object; a colour question about a point cloud gets
+    "I cannot tell", learned from stage 2's records, not hard-coded anywhere."""
+    talk = json.loads((quick_build / "evaluation.json").read_text())["dialogues"]
+    chance = 1 / len(ATTRIBUTES["colour"])
+    assert talk["follow_up"]["image"]["colour"] >= chance + 0.4, talk
+    assert talk["follow_up"]["audio"]["colour"] >= chance + 0.2, talk  # a sound, never paired with text
+    assert talk["cannot"]["point"]["colour"] >= 0.5 and talk["follow_up"]["point"]["colour"] >= 0.5, talk
+    assert (quick_build / "evaluation.md").read_text().count("cannot tell") >= 3
+
+
+def test_quick_build_image_decoder_draws_recognisable_objects(quick_build):
+    """Issue 17: pictures drawn by the pocket decoder from a held-out object's image and sound
+    embeddings are recognised (nearest training image) as the object's colour above chance."""
+    pictures = json.loads((quick_build / "evaluation.json").read_text())["image_decoder"]
+    rows, chance = pictures["rows"], 1 / len(ATTRIBUTES["colour"])
+    assert rows["image cache off"]["colour"] >= chance + 0.3, rows
+    assert max(rows["audio cache off"]["colour"], rows["audio cache on"]["colour"]) >= chance + 0.1, rows
+    assert pictures["decoder_seconds"] < 1.0
+    meta = json.loads((quick_build / "imagebind_llm.json").read_text())
+    assert meta["image_decoder"] == "image_decoder" and (quick_build / "image_decoder" / "model.safetensors").is_file()
+
+
 def test_quick_build_loads_like_the_shipped_model(quick_build):
     from demo.config import GenerationConfig
     from demo.pipeline import ImageBindLLMPipeline, InputItem
@@ -112,6 +136,8 @@ def test_quick_build_loads_like_the_shipped_model(quick_build):
     example = sorted((quick_build / "examples").glob("world-0.png"))[0]
     text = pipe("Describe this object.", [InputItem("image", example)], generation=GenerationConfig(temperature=0, max_new_tokens=16)).text
     assert text.strip()
+    picture = pipe.imagine([InputItem("audio", example.with_suffix(".wav"))], seed=0, size=64)  # offline image output
+    assert picture.image.size == (64, 64)
 
 
 SHIPPED_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "world"
