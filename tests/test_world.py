@@ -157,6 +157,15 @@ def test_shipped_pocket_model_answers_about_its_examples():
         for modality, suffix in (("image", ".png"), ("audio", ".wav")):
             text = pipe("What colour is it?", [InputItem(modality, SHIPPED_EXAMPLES / f"world-{n}{suffix}")], generation=greedy).text
             assert parse_answer(text)["colour"] == truth["colour"], (modality, n, text)
+    # A conversation as the app holds it: the follow-up sees the first answer in the history.
+    image = [InputItem("image", SHIPPED_EXAMPLES / "world-0.png")]
+    first = pipe("What shape is this?", image, generation=greedy).text
+    follow = pipe("What colour is it?", image, history=[("What shape is this?", first)], generation=greedy).text
+    assert parse_answer(follow)["colour"] == objects[0]["colour"], (first, follow)
+    depth = pipe("What colour is it?", [InputItem("depth", SHIPPED_EXAMPLES / "world-1.depth.png")], generation=greedy).text
+    assert "cannot tell" in depth, depth
+    picture = pipe.imagine([InputItem("audio", SHIPPED_EXAMPLES / "world-0.wav")], seed=0)  # image output offline
+    assert picture.image.size == (32, 32)
     assert app.default_preset() == "pocket"
     rows = app.available_examples()
     assert {m for row in rows if row["title"].startswith("World:") for m, _, _ in row["inputs"]} >= {"image", "audio", "point", "depth", "video"}
