@@ -192,23 +192,18 @@ def build_cache(folder: Path, world: Path, entries: list[dict]) -> Path:
 def add_features(features: Path, folder: Path, entries: list[dict]) -> int:
     """Stage 2's depth-map and point-cloud vectors, appended to the features folder that
     `python -m demo.train features` wrote (its layout: demo/train/features.py), keyed by the
-    file's path as the instruction records name it. Every second object's vector is blended
-    with the visual cache (its defaults), as the app encodes with the pocket model's cache on:
-    the adapter then learns what these inputs cannot show with the cache on and off."""
-    from ..cache import CacheConfig, VisualCache
+    file's path as the instruction records name it. Not blended with the visual cache: a first
+    build that blended every second one (as the app does with its cache on) blurred the line
+    between images and depth maps, and the model said "I cannot tell the colour" about images."""
     from ..encoders.encoder import MultimodalEncoder
     from ..inputs.registry import load_input
     from ..train.features import INDEX_NAME, FeatureStore
 
     encoder = MultimodalEncoder.from_pretrained(folder / WEIGHTS_NAME, device="cpu")
-    cache = VisualCache.from_index(folder / CACHE_NAME, dim=encoder.config.out_dim)
-    blend = CacheConfig()
     keys, vectors = [], []
     for modality in (m for m in STAGE2_MODALITIES if m != "image"):
         samples = torch.stack([load_input(modality, e["files"][modality]) for e in entries])  # (N, *sample_shape)
         units = torch.nn.functional.normalize(encoder.encode_batch(modality, samples), dim=-1)  # (N, E), as pipeline.embed
-        blended = cache.retrieve(units, k=min(blend.k, cache.index.ntotal), temperature=blend.temperature, weight=blend.weight).embedding
-        units[1::2] = blended[1::2].float()
         keys += [str(Path(e["files"][modality]).resolve()) for e in entries]
         vectors.append(units)
     shard = FeatureStore(features).next_shard
