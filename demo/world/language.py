@@ -101,8 +101,9 @@ def parse_answer(text: str) -> dict[str, str | None]:
 # attribute and stay never paired with text (the emergent row of the evaluation).
 STAGE2_MODALITIES = ("image", "depth", "point")
 CONVERSATIONS = {"image": 3, "depth": 1, "point": 1}  # multi-turn records per object and modality
-# A first build with every question kind for depth maps and point clouds too (2/3 of the records)
-# made the model say "I cannot tell the colour" about 20% of IMAGES: images stay the majority.
+# A first build with every question kind for depth maps and point clouds too (2/3 of the records,
+# and of the colour questions 2/3 answered "I cannot tell") made the model say so about 20% of
+# IMAGES: images stay the majority, and most colour questions are about images.
 
 
 def instruction_records(entries: list[dict], seed: int = 0) -> list[dict]:
@@ -116,14 +117,16 @@ def instruction_records(entries: list[dict], seed: int = 0) -> list[dict]:
         for modality in STAGE2_MODALITIES:
             file = entry["files"][modality]
             carried = OBSERVABLE[modality]
-            # Images: every kind. Depth maps and point clouds: one kind they cannot answer, one they can.
-            kinds = list(QUESTIONS) if modality == "image" else [
-                [k for k in QUESTIONS if k not in carried][i % (len(QUESTIONS) - len(carried) - 1)],
+            # Images: every kind, colour twice. Depth maps and point clouds: one kind they can
+            # answer, and every second object one they cannot.
+            kinds = [*QUESTIONS, "colour"] if modality == "image" else [
                 [k for k in QUESTIONS if k in carried or k == "describe"][i % (len(carried) + 1)],
+                *([[k for k in QUESTIONS if k not in carried and k != "describe"][i // 2 % (len(QUESTIONS) - len(carried) - 1)]]
+                  if i % 2 == 0 else []),
             ]
-            for kind in kinds:
+            for n, kind in enumerate(kinds):
                 questions = QUESTIONS[kind]
-                question = questions[i % len(questions)]
+                question = questions[(i + n) % len(questions)]
                 records.append({"image": file, "instruction": question, "output": answer(kind, entry, modality, question)})
             for _ in range(CONVERSATIONS[modality]):
                 *history, (_, question, reply) = conversation(entry, modality, rng.choice((2, 3)), rng)
