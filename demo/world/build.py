@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..convert import CONFIG_NAME
-from ..imagine.pocket import DecoderTraining
 from ..encoders.encoder import CONFIG_FILENAME
+from ..imagine.pocket import DecoderTraining
 from .encoder import WEIGHTS_NAME, EncoderTraining, retrieval_accuracy, train_encoder
 from .language import STAGE2_MODALITIES, LlamaTraining, train_llama, write_training_data
 from .scene import WorldSpec, generate_world, read_world
@@ -118,7 +118,7 @@ def build(work: Path, recipe: Recipe = Recipe()) -> Path:
         _mark_done(llama, recipe.llama)
     lap("llama")
 
-    # 4. Visual cache of the training images (stage 2's depth/point features use it, as the app does)
+    # 4. Visual cache of the training images (it needs the encoder only)
     build_cache(folder, work / "world", train)
     lap("cache")
 
@@ -193,8 +193,8 @@ def add_features(features: Path, folder: Path, entries: list[dict]) -> int:
     """Stage 2's depth-map and point-cloud vectors, appended to the features folder that
     `python -m demo.train features` wrote (its layout: demo/train/features.py), keyed by the
     file's path as the instruction records name it. Not blended with the visual cache: a first
-    build that blended every second one (as the app does with its cache on) blurred the line
-    between images and depth maps, and the model said "I cannot tell the colour" about images."""
+    build that blended every second one (as the app does with its cache on), with more depth and
+    point records than now, made the model say "I cannot tell the colour" about 20% of images."""
     from ..encoders.encoder import MultimodalEncoder
     from ..inputs.registry import load_input
     from ..train.features import INDEX_NAME, FeatureStore

@@ -119,10 +119,10 @@ def instruction_records(entries: list[dict], seed: int = 0) -> list[dict]:
             carried = OBSERVABLE[modality]
             # Images: every kind, colour twice. Depth maps and point clouds: one kind they can
             # answer, and every second object one they cannot.
+            answerable = [k for k in QUESTIONS if k in carried or k == "describe"]
+            unanswerable = [k for k in ATTRIBUTES if k not in carried]
             kinds = [*QUESTIONS, "colour"] if modality == "image" else [
-                [k for k in QUESTIONS if k in carried or k == "describe"][i % (len(carried) + 1)],
-                *([[k for k in QUESTIONS if k not in carried and k != "describe"][i // 2 % (len(QUESTIONS) - len(carried) - 1)]]
-                  if i % 2 == 0 else []),
+                answerable[i % len(answerable)], *([unanswerable[i // 2 % len(unanswerable)]] if i % 2 == 0 else [])
             ]
             for n, kind in enumerate(kinds):
                 questions = QUESTIONS[kind]
