@@ -211,8 +211,8 @@ class ImageBindLLMPipeline:
         compile: the fast path (static KV cache + torch.compile; CUDA graphs on a GPU). Off by
             default: on a CPU it compiles for minutes and is not faster (README, Engine).
         unclip_path: a local Stable unCLIP folder (`ibllm download unclip`) for
-            `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else
-            image output stays off.
+            `imagine`; None uses the folder's imagebind_llm.json "unclip" entry, if any, else its
+            "image_decoder" entry (the pocket model's decoder), else image output stays off.
         On a Hugging Face ZeroGPU Space load `demo.serve.zerogpu.pipeline_class()` instead (its GPU
         work runs in @spaces.GPU calls); the app and `python -m demo.serve` do.
         """
@@ -237,6 +237,10 @@ class ImageBindLLMPipeline:
 
             unclip = Path(unclip_path) if unclip_path is not None else _recorded_path(folder, meta["unclip"])
             image_generator = UnCLIPGenerator.from_pretrained(unclip, device=resolve_device(device))
+        elif meta.get("image_decoder"):  # the pocket world's own small decoder (demo/imagine/pocket.py)
+            from .imagine.pocket import PocketDecoder
+
+            image_generator = PocketDecoder.from_pretrained(_recorded_path(folder, meta["image_decoder"]))
         return cls(
             model, encoder, cache, placeholder=bool(meta.get("placeholder")), notice=meta.get("notice"), engine=engine,
             image_generator=image_generator,

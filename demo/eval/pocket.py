@@ -2,8 +2,10 @@
 
 For each input modality and each held-out object, the pipeline (encoder -> mix -> optional visual
 cache -> bind network -> gated LLaMA) answers one question per attribute the modality carries,
-greedily; `language.parse_answer` reads the attribute back. Only images were ever paired with
-text (stage 1 and 2 saw images alone; the encoder aligned audio, depth and points to images).
+greedily; `language.parse_answer` reads the attribute back. Stage 1 paired images alone with
+text; stage 2 saw instructions about images, depth maps and point clouds (the last two
+so that the model learns what they cannot show); sounds and videos were never paired with text
+(the encoder aligned audio, depth and points to images).
 Each (modality, cache on/off) pair is one task, and so is the arithmetic below.
 
 Modality arithmetic: the embeddings of two objects that differ in every attribute (the image of
@@ -29,7 +31,9 @@ from .runner import Runner, RunSettings, Sample
 
 logger = logging.getLogger(__name__)
 GREEDY = GenerationConfig(max_new_tokens=24, temperature=0.0)
-NEVER_WITH_TEXT = ("audio", "point", "depth")  # aligned to images only
+NEVER_WITH_TEXT = ("audio",)  # aligned to images only, never in an instruction
+# In stage 2 since issue 13, so that the model learns what they cannot show (colour, size).
+STAGE2_WITH_TEXT = ("point", "depth")
 MODALITIES = ("image", "video", "audio", "point", "depth")
 README_NAMES = {"point": "point cloud"}
 
@@ -81,6 +85,8 @@ class Evaluation:
 
 
 def _paired(modality: str) -> str:
+    if modality in STAGE2_WITH_TEXT:
+        return "stage 2 only"
     return "no" if modality in NEVER_WITH_TEXT else "yes" if modality == "image" else "no (image tower)"
 
 
@@ -206,3 +212,70 @@ def evaluate(pipe, entries: list[dict], modalities=MODALITIES, mix_pairs: int = 
         return run(Runner(pipe, out, settings, progress=progress), entries, modalities, mix_pairs)
     with tempfile.TemporaryDirectory(prefix="pocket-eval-") as folder:
         return run(Runner(pipe, folder, settings, progress=progress), entries, modalities, mix_pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversations (issue 13): follow-up questions, and what an input cannot show
+# ---------------------------------------------------------------------------------------------
+def dialogues(pipe, entries: list[dict], modalities=MODALITIES, *, cache: CacheConfig | None = None, workers: int = 8) -> dict:
+    """Per modality, on held-out objects, greedily, as the app asks: the shape question, then
+    each FOLLOW_UPS question with the model's OWN first answer as history; and, single-turn, each
+    attribute the modality cannot show. A follow-up is right when it names the true value of an
+    attribute the input carries, or says it cannot tell one it does not (scene.OBSERVABLE);
+    "cannot" is the share of single-turn questions about what the input cannot show that are
+    answered so. {"objects", "cache", "follow_up": {modality: {attribute: accuracy}},
+    "cannot": {modality: {attribute: share}}}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..world.language import CANNOT_TELL, FOLLOW_UPS
+
+    cache = cache or CacheConfig(enabled=pipe.cache is not None)
+
+    def ask(question: str, conditioning, history=()) -> str:
+        return "".join(pipe.stream(question, conditioning, history=list(history), generation=GREEDY))
+
+    def right(text: str, modality: str, attribute: str, entry: dict) -> bool:
+        if attribute in OBSERVABLE[modality]:
+            return parse_answer(text)[attribute] == entry[attribute]
+        return CANNOT_TELL in text.lower()
+
+    def one(job: tuple[str, dict]) -> tuple[str, dict[str, bool], dict[str, bool]]:
+        modality, entry = job
+        conditioning = pipe.encode([InputItem(modality, entry["files"][modality])], cache)
+        first = ask(EVAL_QUESTIONS["shape"], conditioning)
+        follow = {a: right(ask(q, conditioning, [(EVAL_QUESTIONS["shape"], first)]), modality, a, entry) for a, q in FOLLOW_UPS.items()}
+        cannot = {a: right(ask(EVAL_QUESTIONS[a], conditioning), modality, a, entry) for a in ATTRIBUTES if a not in OBSERVABLE[modality]}
+        return modality, follow, cannot
+
+    jobs = [(m, e) for m in modalities for e in entries]
+    with ThreadPoolExecutor(workers) as pool:  # concurrent streams share the engine's batches
+        results = list(pool.map(one, jobs))
+    follow_up: dict[str, dict[str, float]] = {}
+    cannot: dict[str, dict[str, float]] = {}
+    for modality in modalities:
+        mine = [r for r in results if r[0] == modality]
+        follow_up[modality] = {a: sum(r[1][a] for r in mine) / len(mine) for a in FOLLOW_UPS}
+        if mine and mine[0][2]:
+            cannot[modality] = {a: sum(r[2][a] for r in mine) / len(mine) for a in mine[0][2]}
+    return {"objects": len(entries), "cache": cache.enabled, "follow_up": follow_up, "cannot": cannot}
+
+
+def dialogue_table(numbers: dict) -> str:
+    """Markdown for `dialogues`' numbers."""
+    from ..world.language import FOLLOW_UPS
+
+    lines = ["| input | " + " | ".join(f'follow-up "{q}"' for q in FOLLOW_UPS.values()) + " | single turn, what it cannot show |",
+             "|---|" + "---|" * len(FOLLOW_UPS) + "---|"]
+    for modality, row in numbers["follow_up"].items():
+        cells = [f"{100 * row[a]:.0f}%" + ("" if a in OBSERVABLE[modality] else " say they cannot tell") for a in FOLLOW_UPS]
+        cannot = numbers["cannot"].get(modality)
+        single = ", ".join(f"{a}: {100 * v:.0f}% say they cannot tell" for a, v in cannot.items()) if cannot else "–"
+        lines.append(f"| {README_NAMES.get(modality, modality)} | " + " | ".join(cells) + f" | {single} |")
+    chance = " | ".join(f"{100 / len(ATTRIBUTES[a]):.0f}%" for a in FOLLOW_UPS)
+    lines.append(f"| chance (naming a value) | {chance} | |")
+    return "\n".join(lines) + (
+        f"\n\n{numbers['objects']} held-out objects per row, visual cache {'on' if numbers['cache'] else 'off'}; greedy. "
+        "Follow-ups come after the shape question, with the model's own answer to it in the history (the prompt the "
+        "app sends). A follow-up about what the input carries counts when it names the true value; about what it "
+        "cannot show (colour from a depth map; colour and size from a point cloud), when it says it cannot tell."
+    )
