@@ -83,11 +83,12 @@ def _slug(model: str) -> str:
 
 def load_pipeline(args, want_cache: bool):
     from ..errors import InputError
-    from ..pipeline import POCKET_FOLDER, ImageBindLLMPipeline, ensure_tiny
+    from ..pipeline import ImageBindLLMPipeline
+    from ..presets import resolve
 
     index = args.cache_index
     if want_cache and index is None:
-        folder = POCKET_FOLDER if args.model == "pocket" else ensure_tiny() if args.model == "tiny" else Path(args.model)
+        folder = resolve(args.model)  # a preset's folder (tiny: built on first use) or the folder given
         if (folder / "cache.index").is_file():
             index = folder / "cache.index"
         else:

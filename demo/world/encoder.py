@@ -25,13 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..encoders.encoder import CONFIG_FILENAME, IMAGEBIND_PRESETS, EncoderConfig
+from ..encoders.encoder import CONFIG_FILENAME, IMAGEBIND_PRESETS, WEIGHTS_NAME, EncoderConfig
 from ..encoders.point_bind import PointBindConfig, PointBindEncoder
 from ..inputs.registry import load_input
 from ..inputs.text import tokenize_text
 
 logger = logging.getLogger(__name__)
-WEIGHTS_NAME = "imagebind_w3D.pth"
 BOUND_MODALITIES = ("audio", "depth", "point")  # aligned to images only, never to text
 # The project's "tiny" sizes (1024-d output, as everything downstream expects), except that
 # Point-BERT groups 32 patches of 32 points: "tiny"'s 16 x 8 points see too little of a surface.

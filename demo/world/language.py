@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbone import RELEASE as BACKBONE
 from ..prompt import format_prompt
 from ..tiny import _ffn_dim
 from ..train.data import CAPTION_INSTRUCTION
@@ -189,7 +190,8 @@ def write_tokenizer(path: Path, texts: list[str], vocab_size: int = 384) -> Path
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buffer, vocab_size=vocab_size, hard_vocab_limit=False,
-        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, split_digits=True,
+        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=BACKBONE.bos_token_id, eos_id=BACKBONE.eos_token_id,
+        pad_id=-1, split_digits=True,
         normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True, minloglevel=2,
     )
     path.write_bytes(buffer.getvalue())
@@ -238,7 +240,7 @@ def to_meta_state(llm, n_heads: int) -> dict[str, torch.Tensor]:
 def train_llama(entries: list[dict], out_dir: Path, config: LlamaTraining = LlamaTraining()) -> Path:
     """Tokenizer + pretraining on the world's texts; writes out_dir/{params.json,
     consolidated.00.pth, tokenizer.model} (Meta format) and returns out_dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    from transformers import LlamaForCausalLM, LlamaTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,11 +250,10 @@ def train_llama(entries: list[dict], out_dir: Path, config: LlamaTraining = Llam
     sequences = [[tokenizer.bos_token_id] + tokenizer.encode(p + " " + r, add_special_tokens=False) + [tokenizer.eos_token_id] for p, r in pairs]
 
     torch.manual_seed(config.seed)
-    llm_config = LlamaConfig(
+    # The release's backbone (demo/backbone.py): the same context, rope base and ids conversion records.
+    llm_config = BACKBONE.llama_config(
         vocab_size=len(tokenizer), hidden_size=config.dim, intermediate_size=_ffn_dim(config.dim, 32),
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.n_heads,
-        max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2,
+        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, rms_norm_eps=1e-5,
     )
     llm = LlamaForCausalLM(llm_config).train()
     optimizer = torch.optim.AdamW(llm.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.1)
