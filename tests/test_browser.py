@@ -258,3 +258,34 @@ def test_imagine_without_an_image_model_says_how_to_get_one(browser, app_url):
     assert page.locator("#msg textarea").input_value() == "a cat" and bubbles(page) == 0  # nothing lost, nothing added
     page.screenshot(path=str(ARTIFACTS / "phone_imagine_no_model.png"), full_page=False)
     page.context.close()
+
+
+def test_pocket_model_answers_a_follow_up_and_says_what_an_input_cannot_show(browser):
+    """The shipped pocket model as a visitor meets it: a sound, a question, then follow-ups that
+    lean on the first answer; a point cloud asked its colour says it cannot tell."""
+    import json
+
+    from scripts.local_app import LocalApp
+
+    world = EXAMPLES / "world"
+    truth = json.loads((world / "objects.json").read_text())[0]  # world-0: the object the files show
+    with LocalApp("--weights", "pocket") as server:
+        page = open_page(browser, server.url, DESKTOP)
+        drop_files(page, [world / "world-0.wav"])
+        page.wait_for_function("document.querySelectorAll('#msg .thumbnail-item, #msg .thumbnails > *').length >= 1")
+        send_and_wait(page, "What is this object?")
+        send_and_wait(page, "What colour is it?")
+        answer = page.locator('#chatbot [data-testid="bot"]').last.inner_text()
+        assert truth["colour"] in answer.lower(), answer
+        send_and_wait(page, "Is it big?")
+        answer = page.locator('#chatbot [data-testid="bot"]').last.inner_text()
+        assert ("no" if truth["size"] == "small" else "yes") in answer.lower(), answer
+        page.screenshot(path=str(ARTIFACTS / "pocket_follow_up.png"), full_page=True)
+
+        page.reload()  # a fresh visit: an empty mix
+        page.wait_for_selector("#mix-empty")
+        drop_files(page, [world / "world-0.ply"])
+        page.wait_for_function("document.querySelectorAll('#msg .thumbnail-item, #msg .thumbnails > *').length >= 1")
+        send_and_wait(page, "What colour is it?")
+        answer = page.locator('#chatbot [data-testid="bot"]').last.inner_text()
+        assert "cannot tell" in answer.lower(), answer
