@@ -235,7 +235,7 @@ def test_pocket_tasks_on_a_small_world(tmp_path, pocket_pipeline, small_world):
     assert runner.generated == 21 + 3 * 2
     result.rows.update(points.rows)
     table = result.readme_table()
-    assert table.splitlines()[2].startswith("| image | yes | ") and "| point cloud | **no** | " in table and " / " in table
+    assert table.splitlines()[2].startswith("| image | yes | ") and "| point cloud | stage 2 only | " in table and " / " in table
     # the memoised embeddings give the same answer as the pipeline fed the file
     entry = entries[0]
     direct = pocket_pipeline("What colour is it?", [InputItem("image", entry["files"]["image"])], generation=pocket.GREEDY).text
