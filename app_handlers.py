@@ -294,10 +294,15 @@ def image_settings(pipe, prompt: str = "", negative_prompt: str | None = None, s
 
 def picture_note(record: dict) -> dict:
     """The note under a picture: the seed and settings that make it again."""
-    title = (f"🎨 Seed {record['seed']} · {record['steps']} steps · guidance {record['guidance']:g} · noise level "
-             f"{record['noise_level']} · {record['size'][0]}×{record['size'][1]}")
+    used = set(record.get("settings_used", ()))
+    parts = [f"🎨 Seed {record['seed']}", *([f"{record['steps']} steps"] if "steps" in used else []),
+             *([f"guidance {record['guidance']:g}"] if "guidance" in used else []),
+             f"noise level {record['noise_level']}", f"{record['size'][0]}×{record['size'][1]}"]
+    title = " · ".join(parts)
+    ignored = [name.replace("_", " ") for name in ("prompt", "negative_prompt", "steps", "guidance") if name not in used]
     lines = [f"Prompt: “{record['prompt']}”" if record["prompt"] else "No prompt: the picture comes from the inputs alone",
              *([f"Negative prompt: “{record['negative_prompt']}”"] if record["negative_prompt"] else []),
+             *([f"This image model has no {', '.join(ignored)}: it draws from the inputs' vector alone."] if ignored else []),
              f"The same inputs, weights and settings with seed {record['seed']} make this picture again "
              "(Image settings, Seed).", *record["notes"]]
     return {"role": "assistant", "content": "\n\n".join(lines), "metadata": {"title": title, "status": "done"}}

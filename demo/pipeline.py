@@ -105,6 +105,7 @@ class ImagineOutput:
         settings: the settings used, with the concrete seed (passing them again replays the picture).
         neighbours: what the visual cache recalled; None when it was not used.
         notes: things the user should know.
+        settings_used: the `settings` fields the image model read (the others had no effect); None: all.
     """
 
     image: Image
@@ -113,6 +114,7 @@ class ImagineOutput:
     settings: ImageSettings
     neighbours: RetrievalResult | None = None
     notes: list[str] = field(default_factory=list)
+    settings_used: tuple[str, ...] | None = None  # None: every field
 
 
 @dataclass
@@ -555,7 +557,7 @@ class ImageBindLLMPipeline:
         settings = settings.check(self.image_generator.max_noise_level).with_seed()  # bad settings fail before any encoding
         embedding, mix, neighbours, notes = self.image_embedding(inputs, cache, cancel=cancel)
         image = self.image_generator.generate(embedding, settings, progress=progress, cancel=cancel)
-        return ImagineOutput(image, embedding, mix, settings, neighbours, notes)
+        return ImagineOutput(image, embedding, mix, settings, neighbours, notes, tuple(self.image_generator.settings_used))
 
     def save_embeddings(self, inputs: Sequence[InputItem], path: str | os.PathLike) -> Path:
         """Embed each input and save {name: (E,) tensor} as safetensors, for offline arithmetic."""

@@ -104,3 +104,12 @@ def test_the_pipeline_loads_the_decoder_from_the_folder_and_imagines_offline(tmp
     assert out.image.size == (64, 64) and out.settings.seed == 3 and steps == [1, 2]
     again = pipe.imagine([InputItem("image", image)], seed=3, size=64)
     assert np.array_equal(np.asarray(out.image), np.asarray(again.image))
+    # The record and the chat's note name only what this model reads (no prompt, steps or guidance).
+    from app_handlers import picture_note
+    from demo.serve.content import picture_record
+
+    record = picture_record(out)
+    assert record["settings_used"] == ["noise_level", "seed", "size"]
+    note = picture_note(record)
+    assert note["metadata"]["title"] == "🎨 Seed 3 · noise level 0 · 64×64"
+    assert "This image model has no prompt, negative prompt, steps, guidance" in note["content"]

@@ -85,6 +85,9 @@ class ImageGenerator(ABC):
 
     embed_dim: int  # the width of the vectors it accepts (ImageBind's out_dim: 1024 for the release)
     max_noise_level: int = 999
+    # The ImageSettings fields this model reads; records and notes name only these (the pocket
+    # decoder, for one, has no prompt, steps or guidance).
+    settings_used: tuple[str, ...] = ("prompt", "negative_prompt", "steps", "guidance", "noise_level", "seed", "size")
 
     @abstractmethod
     def generate(

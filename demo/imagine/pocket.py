@@ -91,6 +91,7 @@ class PocketDecoder(ImageGenerator):
     """`ImageGenerator` over a `DecoderNet` (see the module docstring); CPU, float32."""
 
     max_noise_level = 999
+    settings_used = ("noise_level", "seed", "size")  # no text encoder, no denoising steps
 
     def __init__(self, net: DecoderNet):
         self.net = net.eval().requires_grad_(False)

@@ -19,7 +19,7 @@ import base64
 import binascii
 import mimetypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -237,4 +237,6 @@ def picture_record(out) -> dict:
         "size": list(out.image.size),  # [width, height]
         "mix": [{"modality": modality, "name": name, "share": round(float(share), 4)} for modality, name, share in out.mix],
         "notes": list(out.notes),
+        # The settings the image model read: the pocket decoder has no prompt, steps or guidance.
+        "settings_used": list(out.settings_used if out.settings_used is not None else (f.name for f in fields(settings))),
     }
