@@ -22,7 +22,7 @@ import logging
 import random
 from dataclasses import dataclass, field, replace
 
-from ..cache import CacheConfig
+from ..cache import RetrievalSettings
 from ..config import GenerationConfig
 from ..pipeline import InputItem
 from ..world.language import EVAL_QUESTIONS, parse_answer
@@ -94,10 +94,10 @@ def _object_id(entry: dict) -> str:
     return str(entry.get("index", entry["caption"]))
 
 
-def attribute_samples(entries: list[dict], modalities, cache_settings: list[bool], cache_on: CacheConfig | None = None) -> list[Sample]:
+def attribute_samples(entries: list[dict], modalities, cache_settings: list[bool], cache_on: RetrievalSettings | None = None) -> list[Sample]:
     """One sample per (modality, cache setting, object, attribute the modality carries);
-    `cache_on` holds k / temperature / weight for the cache-on rows (default: CacheConfig's)."""
-    cache_on = replace(cache_on or CacheConfig(), enabled=True)
+    `cache_on` holds k / temperature / weight for the cache-on rows (default: RetrievalSettings's)."""
+    cache_on = replace(cache_on or RetrievalSettings(), enabled=True)
     samples = []
     for modality in modalities:
         for cached in cache_settings:
@@ -108,7 +108,7 @@ def attribute_samples(entries: list[dict], modalities, cache_settings: list[bool
                         question=EVAL_QUESTIONS[attribute],
                         inputs=[InputItem(modality, entry["files"][modality])],
                         reference={"modality": modality, "cache": cached, "attribute": attribute, "truth": entry[attribute]},
-                        cache=cache_on if cached else CacheConfig(enabled=False),
+                        cache=cache_on if cached else RetrievalSettings(enabled=False),
                     ))
     return samples
 
@@ -141,7 +141,7 @@ def mix_samples(runner: Runner, entries: list[dict], pairs: list[tuple[int, int]
                 inputs=[InputItem("embedding", mixed, name="mix")],
                 reference={"a": _object_id(entries[a]), "b": _object_id(entries[b]), "attribute": attribute,
                            "truth_a": entries[a][attribute], "truth_b": entries[b][attribute]},
-                cache=CacheConfig(enabled=False),
+                cache=RetrievalSettings(enabled=False),
             ))
     return samples
 
@@ -182,7 +182,7 @@ def score_mix(records: list[dict]) -> dict[str, float]:
 
 
 def run(runner: Runner, entries: list[dict], modalities=MODALITIES, mix: int = 48, cache_settings: list[bool] | None = None,
-        cache_on: CacheConfig | None = None) -> Evaluation:
+        cache_on: RetrievalSettings | None = None) -> Evaluation:
     """The table on `entries` (held-out manifest entries with all files). Without `cache_settings`,
     the pipeline's cache (if loaded) adds the "on" rows; without a cache only "off" rows are made."""
     settings = cache_settings if cache_settings is not None else [False] + ([True] if runner.pipe.cache is not None else [])
@@ -217,7 +217,7 @@ def evaluate(pipe, entries: list[dict], modalities=MODALITIES, mix_pairs: int = 
 # ---------------------------------------------------------------------------------------------
 # Conversations (issue 13): follow-up questions, and what an input cannot show
 # ---------------------------------------------------------------------------------------------
-def dialogues(pipe, entries: list[dict], modalities=MODALITIES, *, cache: CacheConfig | None = None, workers: int = 8) -> dict:
+def dialogues(pipe, entries: list[dict], modalities=MODALITIES, *, cache: RetrievalSettings | None = None, workers: int = 8) -> dict:
     """Per modality, on held-out objects, greedily, as the app asks: the shape question, then
     each FOLLOW_UPS question with the model's OWN first answer as history; and, single-turn, each
     attribute the modality cannot show. A follow-up is right when it names the true value of an
@@ -229,7 +229,7 @@ def dialogues(pipe, entries: list[dict], modalities=MODALITIES, *, cache: CacheC
 
     from ..world.language import CANNOT_TELL, FOLLOW_UPS
 
-    cache = cache or CacheConfig(enabled=pipe.cache is not None)
+    cache = cache or RetrievalSettings(enabled=pipe.cache is not None)
 
     def ask(question: str, conditioning, history=()) -> str:
         return "".join(pipe.stream(question, conditioning, history=list(history), generation=GREEDY))

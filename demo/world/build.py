@@ -297,7 +297,7 @@ def evaluate_decoder(pipe, encoder, test: list[dict], train: list[dict], modalit
     and on; a picture is recognised as the right shape / colour / size when its nearest training
     IMAGE (micro ImageBind, as the encoder check) has that value. Also the seconds per picture
     (the decoder alone, and `imagine` with the input's encoding)."""
-    from ..cache import CacheConfig
+    from ..cache import RetrievalSettings
     from ..imagine import ImageSettings
     from ..inputs.registry import load_input
     from ..pipeline import InputItem
@@ -310,7 +310,7 @@ def evaluate_decoder(pipe, encoder, test: list[dict], train: list[dict], modalit
             pictures = []
             for entry in test:
                 began = time.perf_counter()
-                out = pipe.imagine([InputItem(modality, entry["files"][modality])], seed=0, cache=CacheConfig(enabled=cached))
+                out = pipe.imagine([InputItem(modality, entry["files"][modality])], seed=0, cache=RetrievalSettings(enabled=cached))
                 imagining.append(time.perf_counter() - began)
                 pictures.append(load_input("image", out.image))
                 vectors.append(out.embedding)
