@@ -68,3 +68,12 @@ def test_python_dash_m_demo_runs_the_same_command_line():
     result = subprocess.run([sys.executable, "-m", "demo", "download", "--list", "--dest", "d"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "d/knn.index" in result.stdout
+
+
+def test_every_top_level_module_is_installed():
+    """`ibllm app` imports app.py and its neighbours from the installed package: each top-level
+    module of the checkout must be declared, or the console script fails outside the checkout."""
+    import tomllib
+
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["py-modules"])
+    assert declared == {path.stem for path in ROOT.glob("*.py")}
