@@ -18,7 +18,7 @@ import gradio as gr
 
 from demo.cancel import CancelToken
 from demo.chat_request import (MAX_INPUTS, WEIGHT_RANGE, ChatRequest, check_cache, check_generation, check_question,
-                               encode_dropping_bad_inputs, plain_message, write_text_input)
+                               check_settings, encode_dropping_bad_inputs, plain_message, write_text_input)
 from demo.chat_session import (MixInput, clamp_weight, conversation_markdown, delete_owned, describe_mix,
                                history_pairs, message_text, mix_key, new_input, run_with_progress, shares)
 from demo.config import GenerationConfig
@@ -39,6 +39,17 @@ def warn(message: str, title: str) -> None:
     logger.info("%s: %s", title, message)
     # Gradio 6.31 shows the toast's type ("Warning") as its heading, so our title leads the text.
     gr.Warning(f"{title.capitalize()}: {message}", title=f"{TITLE}: {title}")
+
+
+def toast_failure(exc: Exception, mix: list, title: str) -> None:
+    """A failed chat or picture request: the user's mistake in plain words (one log line), anything
+    else logged with its traceback and told as a server error."""
+    if isinstance(exc, DemoError):
+        warn(plain_message(exc, [e.item() for e in mix]), title)
+    else:
+        logger.exception("unexpected error (%s)", title)
+        gr.Warning(f"{title.capitalize()}: something went wrong on the server ({type(exc).__name__}); it has been "
+                   "logged. Please try again.", title=f"{TITLE}: {title}")
 
 
 # ------------------------------------------------------------------ the mix
@@ -188,12 +199,7 @@ def respond(pipe, message: dict | None, chat: list[dict], mix: list[MixInput], l
         token.cancel()
         raise
     except Exception as exc:  # noqa: BLE001: every failure becomes a toast; the conversation stays
-        if isinstance(exc, DemoError):
-            warn(plain_message(exc, [e.item() for e in mix]), "no answer")
-        else:
-            logger.exception("unexpected error in a chat request")
-            gr.Warning(f"No answer: something went wrong on the server ({type(exc).__name__}); it has been "
-                       "logged. Please try again.", title=f"{TITLE}: no answer")
+        toast_failure(exc, mix, "no answer")
         restore = idle if retry else gr.update(value={"text": question, "files": []}, submit_btn=True, stop_btn=False)
         yield chat[:start] + turn * retry, restore, mix, layout, cond
 
@@ -366,12 +372,7 @@ def imagine_turn(pipe, message: dict | None, chat: list[dict], mix: list[MixInpu
         token.cancel()
         raise
     except Exception as exc:  # noqa: BLE001: every failure becomes a toast; the conversation stays
-        if isinstance(exc, DemoError):
-            warn(plain_message(exc, [e.item() for e in mix]), "no picture")
-        else:
-            logger.exception("unexpected error in a picture request")
-            gr.Warning(f"No picture: something went wrong on the server ({type(exc).__name__}); it has been "
-                       "logged. Please try again.", title=f"{TITLE}: no picture")
+        toast_failure(exc, mix, "no picture")
         yield chat[:start], gr.update(value={"text": prompt, "files": []}, submit_btn=True, stop_btn=False), mix, layout
     finally:
         if folder is not None:
@@ -387,12 +388,7 @@ def api_imagine(pipe, prompt, files, modalities, weights, settings, progress=Non
     """/imagine (docs/api.md): (the picture, its record: seed, settings, mix) or a clear error."""
     request = None
     try:
-        settings = {} if settings is None else settings
-        if not isinstance(settings, dict):
-            raise InputError('settings must be a JSON object, e.g. {"steps": 20, "seed": 42}')
-        unknown = sorted(set(settings) - set(IMAGE_KEYS))
-        if unknown:
-            raise InputError(f"unknown settings key {unknown[0]!r}; known: {', '.join(IMAGE_KEYS)}")
+        settings = check_settings(settings, IMAGE_KEYS, '{"steps": 20, "seed": 42}')
         if prompt is not None and not isinstance(prompt, str):
             raise InputError("prompt must be text (or empty)")
         if pipe.image_generator is None:

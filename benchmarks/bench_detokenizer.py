@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.no_eos import NoEos
+
 
 def answer_ids(tokenizer, n: int, seed: int = 0) -> list[int]:
     """n ids: words of the tiny vocabulary, with Chinese text that only byte pieces can spell."""
@@ -53,20 +55,6 @@ def full_redecode(tokenizer):
 
     return run
 
-
-class _NoEos:
-    """The tokenizer, with an EOS id no token has (every answer runs to max_new_tokens)."""
-
-    eos_token_id = -1
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def __len__(self):
-        return len(self._tokenizer)
 
 
 def main() -> None:
@@ -103,7 +91,7 @@ def main() -> None:
         print("\n2. stream_tokens on the tiny preset, per token (best of 4, alternating; includes the model, whose attention grows with the context)")
         terms = model.conditioning_terms(torch.randn(1, model.bind.proj.in_features, generator=torch.Generator().manual_seed(0)))
         prompt = [1] + tokenizer.encode("Describe the sound.", add_special_tokens=False)
-        no_eos = _NoEos(tokenizer)
+        no_eos = NoEos(tokenizer)
 
         def generate(n: int) -> float:
             state = GenerationState()

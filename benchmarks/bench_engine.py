@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_model import SIZES, _NoEos, build
+from benchmarks.bench_model import SIZES, build
+from benchmarks.no_eos import NoEos
 
 
 def _requests(model, count: int, tokens: int, conditioned: bool = True):
@@ -63,7 +64,7 @@ def _median(values: list[float]) -> float:
 def concurrency(model, name: str, tokens: int, rounds: int) -> None:
     from demo.engine import Engine
 
-    engine = Engine(model.llm, _NoEos(model.tokenizer), max_batch=8)
+    engine = Engine(model.llm, NoEos(model.tokenizer), max_batch=8)
     _run(engine, _requests(model, 2, 4))  # warm-up
     rates = {}
     for count in (1, 2, 4, 8):
@@ -76,7 +77,7 @@ def concurrency(model, name: str, tokens: int, rounds: int) -> None:
 def compiled(model, name: str, tokens: int, rounds: int) -> None:
     from demo.engine import Engine
 
-    tokenizer = _NoEos(model.tokenizer)
+    tokenizer = NoEos(model.tokenizer)
     eager = Engine(model.llm, tokenizer, max_batch=8)
     fast = Engine(model.llm, tokenizer, max_batch=8, compile=True, max_length=128 + tokens)
     start = time.perf_counter()
@@ -97,7 +98,7 @@ def compiled(model, name: str, tokens: int, rounds: int) -> None:
 def injection_overhead(model, name: str, tokens: int, rounds: int) -> None:
     from demo.engine import Engine
 
-    engine = Engine(model.llm, _NoEos(model.tokenizer), max_batch=8)
+    engine = Engine(model.llm, NoEos(model.tokenizer), max_batch=8)
     gated_attention = model.llm.config._attn_implementation
     plain_attention = gated_attention.removeprefix("imagebind_")
     for count in (1, 8):

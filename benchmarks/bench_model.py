@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.no_eos import NoEos
+
 # Meta params.json sizes. "medium" decodes slowly enough on CPU for a stable timing.
 SIZES = {
     "tiny": ({"dim": 64, "multiple_of": 32, "n_heads": 4, "n_layers": 2, "norm_eps": 1e-5, "vocab_size": -1}, 512),
@@ -50,17 +52,6 @@ def build(size: str, root: Path) -> Path:
     return convert(base, root / f"{size}-7B.pth", out, dtype=torch.float32, progress=False)
 
 
-class _NoEos:
-    """The tokenizer, with an EOS id no token has."""
-
-    eos_token_id = -1
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
 
 def decode_speed(folder: Path, tokens: int, rounds: int) -> None:
     from demo.config import GenerationConfig
@@ -70,7 +61,7 @@ def decode_speed(folder: Path, tokens: int, rounds: int) -> None:
     model = ImageBindLLM.from_pretrained(folder, device="cpu")
     terms = model.conditioning_terms(torch.randn(1, 1024))
     prompt = list(range(3, 40))
-    tokenizer = _NoEos(model.tokenizer)  # random model: never stop early, decode exactly `tokens`
+    tokenizer = NoEos(model.tokenizer)  # random model: never stop early, decode exactly `tokens`
     config = GenerationConfig(max_new_tokens=tokens, temperature=0.0)
 
     gated_attention = model.llm.config._attn_implementation  # demo.injection's wrapper

@@ -4,8 +4,8 @@ torchao int8 weight-only, eager and compiled, gated (with injection terms) and p
 bound that bytes-of-weights / measured memory bandwidth sets; each quantised mode's logits distance
 to fp16; the engine's aggregate tokens/s at 1 and 8 rows. Prints numbers; asserts nothing.
 
-    python benchmarks/gpu_check.py --rehearse                  # CPU, tiny shape, same code paths: ~45 s of CPU time
-    OUT=/tmp/gpu python benchmarks/gpu_check.py                # on a GPU: 7B shape, ~6-8 min
+    python -m benchmarks.gpu_check --rehearse                   # CPU, tiny shape, same code paths: ~45 s of CPU time
+    OUT=/tmp/gpu python -m benchmarks.gpu_check                 # on a GPU: 7B shape, ~6-8 min
 
 Writes $OUT/gpu_check.json (after every stage, so a run cut short still returns data) and
 $OUT/gpu_check.md (the table for the README). A mode whose package is missing (bitsandbytes,
@@ -47,7 +47,7 @@ time in all, machine start included, so ONE call of about 9 minutes):
   they do not fit, carry one package per call and pass --modes accordingly (fp16 runs in each
   call: it is the reference). Then ONE call, timeout_s=600, carry [".whl"]:
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
-        && export PYTHONPATH=/tmp/site; set -o pipefail; PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py \\
+        && export PYTHONPATH=/tmp/site; set -o pipefail; PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check \\
         --budget 520 2>&1 | tee $OUT/log.txt
   What comes back: $OUT/gpu_check.json, gpu_check.md, log.txt; then give_back. Rough costs on an
   H200: build + save 13.5 GB ~40 s; fp16 eager ~15 s; each compilation ~35-60 s (two for fp16:
@@ -68,11 +68,11 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from benchmarks.no_eos import NoEos  # noqa: E402
 
 SHAPE_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32)
 SHAPE_REHEARSE = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
@@ -411,20 +411,6 @@ class Check:
         self.save()
         print(markdown(RESULTS))
 
-
-class NoEos:
-    """The tokenizer with an EOS id no token has: random weights decode exactly max_new_tokens."""
-
-    eos_token_id = -1
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def __len__(self):
-        return len(self._tokenizer)
 
 
 def median(values: list[float]) -> float:

@@ -145,6 +145,18 @@ def check_question(question: Any, input_text: str | None, limits: InputLimits) -
     return question.strip()
 
 
+def check_settings(settings: Any, known: Sequence[str], example: str) -> dict:
+    """A settings object as an endpoint receives it: None -> {}; anything but a JSON object, or a
+    key not in `known`, is an InputError naming the known keys."""
+    settings = {} if settings is None else settings
+    if not isinstance(settings, dict):
+        raise InputError(f"settings must be a JSON object, e.g. {example}")
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise InputError(f"unknown settings key {unknown[0]!r}; known: {', '.join(known)}")
+    return settings
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """A checked chat request: the question, the weighted inputs, earlier turns and settings."""
@@ -165,12 +177,7 @@ class ChatRequest:
         bad one. files: paths; modalities: one name per file, one name for all, or None/"auto"
         (from the file type); weights: one number per file in [-1, 1], or None (all 1)."""
         limits = limits or InputLimits()
-        settings = {} if settings is None else settings
-        if not isinstance(settings, dict):
-            raise InputError('settings must be a JSON object, e.g. {"max_new_tokens": 64}')
-        unknown = sorted(set(settings) - set(SETTINGS_KEYS))
-        if unknown:
-            raise InputError(f"unknown settings key {unknown[0]!r}; known: {', '.join(SETTINGS_KEYS)}")
+        settings = check_settings(settings, SETTINGS_KEYS, '{"max_new_tokens": 64}')
         input_text = settings.get("input") or None
         if input_text is not None and not isinstance(input_text, str):
             raise InputError("settings.input must be a string")

@@ -14,21 +14,8 @@ from demo.engine import Engine, Request
 from demo.errors import Cancelled
 from demo.generation import GenerationState, stream_tokens
 from demo.prompt import STOP_STRINGS, format_prompt
+from benchmarks.no_eos import NoEos
 
-
-class NoEos:
-    """The tokenizer with an EOS id no token has: random weights decode exactly max_new_tokens."""
-
-    eos_token_id = -1
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name):
-        return getattr(self._tokenizer, name)
-
-    def __len__(self):  # dunder methods bypass __getattr__
-        return len(self._tokenizer)
 
 
 def _request(model, question: str, seed: int, tokens: int, temperature: float = 0.0) -> Request:

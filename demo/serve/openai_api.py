@@ -133,8 +133,7 @@ async def _chat(request: Request, body: dict, pipe: ImageBindLLMPipeline, option
         first = await _next(deltas)  # BusyError / PromptTooLongError surface here, before any byte is sent
         started = True
     except BadInputError as exc:
-        param = where[exc.index] if 0 <= exc.index < len(where) else "messages"
-        raise APIError(400, f"{param}: {exc}", param=param, code="bad_input") from None
+        raise _bad_input(exc, where, "messages") from None
     except Exception as exc:
         raise _api_error(exc) from None
     finally:
@@ -411,8 +410,7 @@ async def _images(request: Request, body: dict, pipe: ImageBindLLMPipeline, opti
         items, where = _items(parts, extra, PartDecoder(folder, options, pipe.limits))
         out = await anyio.to_thread.run_sync(functools.partial(pipe.imagine, items, **vars(settings), cache=cache, cancel=token))
     except BadInputError as exc:
-        param = where[exc.index] if 0 <= exc.index < len(where) else "imagebind.inputs"
-        raise APIError(400, f"{param}: {exc}", param=param, code="bad_input") from None
+        raise _bad_input(exc, where, "imagebind.inputs") from None
     except Exception as exc:
         raise _api_error(exc) from None
     finally:
@@ -479,6 +477,12 @@ def _check_model(body: dict, options: ServeOptions) -> None:
     if model is not None and model != options.model_name:
         raise APIError(404, f"the model {model!r} does not exist; this server serves {options.model_name!r} (GET /v1/models)",
                        param="model", code="model_not_found")
+
+
+def _bad_input(exc: BadInputError, where: list[str], field: str) -> APIError:
+    """400 naming the request part the bad input came from (`where[i]`: the part of input i)."""
+    param = where[exc.index] if 0 <= exc.index < len(where) else field
+    return APIError(400, f"{param}: {exc}", param=param, code="bad_input")
 
 
 def _api_error(exc: BaseException) -> APIError:
